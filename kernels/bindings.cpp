@@ -1,0 +1,6 @@
+// retailsim._native: the CPU kernels of the package (SPEC section 8), on NumPy buffers, no libtorch.
+#include "registry.h"
+
+PYBIND11_MODULE(_native, m) {
+    m.doc() = "RetailSim native CPU kernels (pybind11). Use through retailsim.native, not directly.";
+}

@@ -1,0 +1,70 @@
+"""The ``retailsim`` command. Each verb lives in its own module, runnable as ``python -m retailsim.<module>``.
+
+A verb module defines ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> int``. Errors the user can
+cause (:class:`retailsim.errors.RetailSimInputError`) print one line and exit with status 2, no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Sequence
+
+from retailsim.errors import RetailSimInputError
+
+# verb -> module. Verb modules keep heavy imports (torch, the model) inside run() so `--help` stays fast.
+VERBS = {
+    "generate": "retailsim.generate",
+    "prepare-samples": "retailsim.prepare_samples",
+    "prepare-tensor-cache": "retailsim.prepare_tensor_cache",
+}
+
+
+def run_guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a verb; a user error becomes one line on stderr and exit status 2."""
+    try:
+        return int(run(args) or 0)
+    except RetailSimInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no output was left half-written.", file=sys.stderr)
+        return 130
+
+
+def module_main(module_name: str, argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m retailsim.<module>``."""
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module_name}",
+        description=module.DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    module.add_arguments(parser)
+    return run_guarded(module.run, parser.parse_args(argv))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="retailsim", description="RetailSim: a world model of grocery shoppers.")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+    for verb, module_name in VERBS.items():
+        module = importlib.import_module(module_name)
+        sub = verbs.add_parser(
+            verb,
+            help=module.DESCRIPTION.splitlines()[0],
+            description=module.DESCRIPTION,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(args.run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

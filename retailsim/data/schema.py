@@ -1,0 +1,138 @@
+"""One source of truth for column names, label vocabularies and special token ids (SPEC 3.1, 3.3).
+
+Every adapter produces the canonical transaction table described by ``CANONICAL_COLUMNS``; every later stage
+reads column names, label maps and special ids from here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --- canonical transaction table (one row per basket line) -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str  # "int", "float", "str"
+    required: bool
+    doc: str
+
+
+CANONICAL_COLUMNS: tuple[Column, ...] = (
+    Column("basket_id", "str", True, "one shopping trip"),
+    Column("customer_id", "str", True, "shopper; null = anonymous (kept for the basket model, never for history)"),
+    Column("product_id", "str", True, "SKU"),
+    Column("week", "int", True, "ordinal shop week (1 = first week of the data)"),
+    Column("weekday", "int", False, "0 = Monday .. 6 = Sunday"),
+    Column("hour", "int", False, "0..23"),
+    Column("quantity", "float", False, "units bought"),
+    Column("spend", "float", False, "amount paid for the line"),
+    Column("store_id", "str", False, "store"),
+    Column("store_format", "str", False, "store format (LGSR: LS/MS/SS/XLS)"),
+    Column("store_region", "str", False, "store region"),
+    Column("category_1", "str", False, "product hierarchy, finest level"),
+    Column("category_2", "str", False, "product hierarchy"),
+    Column("category_3", "str", False, "product hierarchy"),
+    Column("category_4", "str", False, "product hierarchy, coarsest level"),
+    Column("customer_segment", "str", False, "lifestage (LGSR CUST_LIFESTAGE)"),
+    Column("customer_price_band", "str", False, "LGSR CUST_PRICE_SENSITIVITY"),
+    Column("basket_size", "str", False, "LGSR BASKET_SIZE (target only)"),
+    Column("basket_price_band", "str", False, "LGSR BASKET_PRICE_SENSITIVITY (target only)"),
+    Column("basket_type", "str", False, "LGSR BASKET_TYPE (target only)"),
+    Column("basket_mission", "str", False, "LGSR BASKET_DOMINANT_MISSION (target only)"),
+)
+COLUMNS_BY_NAME = {column.name: column for column in CANONICAL_COLUMNS}
+REQUIRED_COLUMNS = tuple(column.name for column in CANONICAL_COLUMNS if column.required)
+HIERARCHY_COLUMNS = ("category_1", "category_2", "category_3", "category_4")
+
+# --- LGSR weekly CSV files ----------------------------------------------------------------------------------
+
+LGSR_FILE_GLOB = "transactions_*.csv"
+LGSR_COLUMNS = (
+    "SHOP_WEEK", "SHOP_DATE", "SHOP_WEEKDAY", "SHOP_HOUR", "QUANTITY", "SPEND", "PROD_CODE",
+    "PROD_CODE_10", "PROD_CODE_20", "PROD_CODE_30", "PROD_CODE_40", "CUST_CODE", "CUST_PRICE_SENSITIVITY",
+    "CUST_LIFESTAGE", "BASKET_ID", "BASKET_SIZE", "BASKET_PRICE_SENSITIVITY", "BASKET_TYPE",
+    "BASKET_DOMINANT_MISSION", "STORE_CODE", "STORE_FORMAT", "STORE_REGION",
+)
+# LGSR column -> canonical column (SHOP_WEEK is YYYYWW and becomes an ordinal week; SHOP_DATE is YYYYMMDD;
+# SHOP_WEEKDAY is 1 = Sunday .. 7 = Saturday in LGSR).
+LGSR_TO_CANONICAL = {
+    "BASKET_ID": "basket_id",
+    "CUST_CODE": "customer_id",
+    "PROD_CODE": "product_id",
+    "SHOP_HOUR": "hour",
+    "QUANTITY": "quantity",
+    "SPEND": "spend",
+    "STORE_CODE": "store_id",
+    "STORE_FORMAT": "store_format",
+    "STORE_REGION": "store_region",
+    "PROD_CODE_10": "category_1",
+    "PROD_CODE_20": "category_2",
+    "PROD_CODE_30": "category_3",
+    "PROD_CODE_40": "category_4",
+    "CUST_LIFESTAGE": "customer_segment",
+    "CUST_PRICE_SENSITIVITY": "customer_price_band",
+    "BASKET_SIZE": "basket_size",
+    "BASKET_PRICE_SENSITIVITY": "basket_price_band",
+    "BASKET_TYPE": "basket_type",
+    "BASKET_DOMINANT_MISSION": "basket_mission",
+}
+
+# --- label vocabularies (index 0 = unknown; LGSR writes unknown as "XX") -----------------------------------
+
+UNKNOWN_LABEL = "XX"
+LABELS: dict[str, tuple[str, ...]] = {
+    "basket_size": (UNKNOWN_LABEL, "S", "M", "L"),
+    "basket_price_band": (UNKNOWN_LABEL, "LA", "MM", "UM"),
+    "basket_type": (UNKNOWN_LABEL, "Small Shop", "Top Up", "Full Shop"),
+    "basket_mission": (UNKNOWN_LABEL, "Fresh", "Grocery", "Mixed", "Non Food"),
+    "customer_price_band": (UNKNOWN_LABEL, "LA", "MM", "UM"),
+    "customer_segment": (
+        UNKNOWN_LABEL, "YA", "OA", "YF", "OF", "PE", "OT",
+    ),  # LGSR lifestages: young/older adults, young/older families, pensioners, other
+    "store_format": (UNKNOWN_LABEL, "LS", "MS", "SS", "XLS"),
+}
+LABEL_TARGETS = ("basket_size", "basket_price_band", "basket_type", "basket_mission")
+UNKNOWN_LABEL_ID = 0  # ignored by the auxiliary losses and metrics
+
+
+def label_id(column: str, value: str | None) -> int:
+    """Index of ``value`` in ``LABELS[column]``; unknown, missing or unlisted values map to 0."""
+    if value is None:
+        return UNKNOWN_LABEL_ID
+    try:
+        return LABELS[column].index(value)
+    except ValueError:
+        return UNKNOWN_LABEL_ID
+
+
+# --- product vocabulary (SPEC 3.3) --------------------------------------------------------------------------
+
+PAD_ID = 0
+DEFAULT_N_PRODUCTS = 5000
+
+
+def unk_id(n_products: int) -> int:
+    """Rare or unseen products."""
+    return n_products + 1
+
+
+def mask_id(n_products: int) -> int:
+    return n_products + 2
+
+
+def vocab_size(n_products: int) -> int:
+    """Number of product logits: PAD, N products, UNK, MASK."""
+    return n_products + 3
+
+
+# Customers and stores: id 0 is "unknown/anonymous", never a real one's.
+UNKNOWN_CUSTOMER_ID = 0
+UNKNOWN_STORE_ID = 0
+
+# --- temporal split (SPEC 3.3) ------------------------------------------------------------------------------
+
+LGSR_SPLIT_WEEKS = (80, 95)  # weeks 1-80 train, 81-95 validation, 96-117 test
+SPLIT_FRACTIONS = (0.68, 0.13)  # train, validation; the rest is test
+SPLITS = ("train", "validation", "test")
+MAX_BASKET_ITEMS = 50  # longer baskets are truncated (SPEC 3.6)

@@ -1,0 +1,7 @@
+"""RetailSim's kernel library, usable on its own: ``selective_scan``, ``focal_loss``,
+``linear_focal_loss``, ``contrastive_loss`` and the causal depthwise conv, each with Triton (CUDA), C++ (CPU,
+where written) and PyTorch paths chosen by :mod:`retailsim.ops.backend`.
+"""
+from retailsim.ops.backend import backend_info, get_backend, set_backend
+
+__all__ = ["backend_info", "get_backend", "set_backend"]
