@@ -136,3 +136,15 @@ LGSR_SPLIT_WEEKS = (80, 95)  # weeks 1-80 train, 81-95 validation, 96-117 test
 SPLIT_FRACTIONS = (0.68, 0.13)  # train, validation; the rest is test
 SPLITS = ("train", "validation", "test")
 MAX_BASKET_ITEMS = 50  # longer baskets are truncated (SPEC 3.6)
+
+
+def split_boundaries(n_weeks: int) -> tuple[int, int]:
+    """(last training week, last validation week) for ordinal weeks 1..n_weeks under the default split.
+
+    117 weeks (LGSR) gives (80, 95), as SPEC 3.3 sets; other lengths keep the same 68% / 13% / 19% shares.
+    """
+    if n_weeks < 3:
+        raise ValueError(f"a temporal split needs at least 3 weeks of data, got {n_weeks}.")
+    train_end = max(1, min(n_weeks - 2, round(n_weeks * SPLIT_FRACTIONS[0])))
+    validation_end = max(train_end + 1, min(n_weeks - 1, round(n_weeks * sum(SPLIT_FRACTIONS))))
+    return train_end, validation_end
