@@ -44,6 +44,9 @@ CANONICAL_COLUMNS: tuple[Column, ...] = (
 COLUMNS_BY_NAME = {column.name: column for column in CANONICAL_COLUMNS}
 REQUIRED_COLUMNS = tuple(column.name for column in CANONICAL_COLUMNS if column.required)
 HIERARCHY_COLUMNS = ("category_1", "category_2", "category_3", "category_4")
+# Time columns a generic source may map instead of ``week``/``weekday``/``hour`` (``--map``); the adapter turns
+# them into ordinal weeks: a datetime, or a per-customer order sequence (optionally with days since the last order).
+SOURCE_TIME_COLUMNS = ("timestamp", "order_number", "days_since_prior_order")
 
 # --- LGSR weekly CSV files ----------------------------------------------------------------------------------
 
