@@ -3,5 +3,6 @@
 where written) and PyTorch paths chosen by :mod:`retailsim.ops.backend`.
 """
 from retailsim.ops.backend import backend_info, get_backend, set_backend
+from retailsim.ops.contrastive_loss import contrastive_loss
 
 __all__ = ["backend_info", "get_backend", "set_backend"]

@@ -1,0 +1,321 @@
+"""Triton kernels of the contrastive loss and their launchers (SPEC 6.4). No (N, M) buffer is ever written.
+
+Notation: a_i (N, D) and c_j (M, D) are the (normalised) operands, s_ij = scale * a_i . c_j with
+scale = 1/temperature, A(i) = { j : j = p_i, or group_j != group_i and label_j != label_{p_i} } the
+candidates in anchor i's sum, LSE_i = log sum_{j in A(i)} exp(s_ij), P_ij = exp(s_ij - LSE_i) on A(i), and
+loss_i = LSE_i - s_{i p_i}.
+
+Two kernels, four matrix products in all (the S recomputation included):
+  forward  (anchor-major): LSE_i, s_{i p_i} and O_i = sum_j P_ij c_j, the softmax-weighted candidates.
+           With O the anchor gradient needs no second pass: dL/da_i = scale * w_i * (O_i - c_{p_i}).
+  backward (candidate-major): G_j = sum_i w_i (P_ij - [j = p_i]) a_i, so dL/dc_j = scale * G_j. Each program
+           owns its candidate rows and loops over anchors: no atomics, deterministic.
+Both grids may split their loop range over a second axis (partials combined in a fixed order by torch) to
+fill the GPU when N or M alone gives too few programs, and over a third axis of output-D chunks (the score
+block is then recomputed per chunk) so that a (BLOCK, BLOCK_D) fp32 accumulator fits in registers.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+KEEPS_INPUT_DTYPE = True  # bf16/fp16 operands go to tl.dot as they are; accumulation is fp32
+
+# Kernels may read module globals only when they are constexpr.
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+M_INIT = tl.constexpr(-1.0e30)  # finite running-max start: a block with no allowed candidate then gives exp2(-inf) = 0, not NaN
+
+
+@triton.jit(do_not_specialize=["N", "M", "blocks_per_split"])
+def _contrastive_fwd_kernel(
+    a_ptr, c_ptr, positive_ptr, anchor_group_ptr, candidate_group_ptr, candidate_label_ptr, positive_label_ptr,
+    lse_ptr, positive_score_ptr, weighted_ptr,
+    N, M, D, stride_a, stride_c, blocks_per_split, scale,
+    HAS_LABEL: tl.constexpr, WANT_WEIGHTED: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Online log-sum-exp over candidate blocks for one block of anchors.
+
+    Computes, for anchors i of block program_id(0) and candidates j of split program_id(1):
+      m_i, l_i  running max / sum of exp2(s_ij * log2 e) over j in A(i)   (flash-attention recurrence)
+      O_i       running sum of exp2(...) c_j[d-chunk program_id(2)], rescaled with m_i
+      s_{i p_i} picked out of the score block where j = p_i (exactly one split sees it)
+    and writes, per split, LSE = (m + log2 l) ln 2 (-inf when the split holds nothing of A(i)), O / l and the
+    positive score. Grid: (cdiv(N, BLOCK_N), splits, cdiv(D, BLOCK_D) if WANT_WEIGHTED else 1).
+    """
+    i_n, i_s, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    acc_dtype = lse_ptr.dtype.element_ty
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    o_k = tl.arange(0, BLOCK_K)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+
+    b_positive = tl.load(positive_ptr + o_n, mask=m_n, other=-1)
+    b_valid = b_positive >= 0
+    b_anchor_group = tl.load(anchor_group_ptr + o_n, mask=m_n, other=0)
+    if HAS_LABEL:
+        b_positive_label = tl.load(positive_label_ptr + o_n, mask=m_n, other=0)
+    p_a_rows = a_ptr + o_n.to(tl.int64)[:, None] * stride_a
+
+    b_max = tl.full([BLOCK_N], M_INIT, dtype=acc_dtype)
+    b_sum = tl.zeros([BLOCK_N], dtype=acc_dtype)
+    b_positive_score = tl.zeros([BLOCK_N], dtype=acc_dtype)
+    b_weighted = tl.zeros([BLOCK_N, BLOCK_D], dtype=acc_dtype)
+
+    lo = i_s * blocks_per_split * BLOCK_M
+    hi = tl.minimum(lo + blocks_per_split * BLOCK_M, M)
+    for start_m in range(lo, hi, BLOCK_M):
+        o_m = start_m + tl.arange(0, BLOCK_M)
+        m_m = o_m < M
+        p_c_rows = c_ptr + o_m.to(tl.int64)[:, None] * stride_c
+        b_scores = tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_dtype)
+        for start_k in range(0, D, BLOCK_K):
+            o_kk = start_k + o_k
+            m_k = o_kk < D
+            b_a = tl.load(p_a_rows + o_kk[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
+            b_c = tl.load(p_c_rows + o_kk[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
+            b_scores += tl.dot(b_a, tl.trans(b_c), input_precision=PRECISION)
+        b_scores = b_scores * scale
+
+        b_is_positive = o_m[None, :] == b_positive[:, None]
+        b_candidate_group = tl.load(candidate_group_ptr + o_m, mask=m_m, other=0)
+        b_keep = b_candidate_group[None, :] != b_anchor_group[:, None]
+        if HAS_LABEL:
+            b_candidate_label = tl.load(candidate_label_ptr + o_m, mask=m_m, other=0)
+            b_keep = b_keep & (b_candidate_label[None, :] != b_positive_label[:, None])
+        b_allowed = (b_keep | b_is_positive) & m_m[None, :] & b_valid[:, None]
+
+        b_log2 = tl.where(b_allowed, b_scores * LOG2E, float("-inf"))
+        b_max_new = tl.maximum(b_max, tl.max(b_log2, axis=1))
+        b_rescale = tl.exp2(b_max - b_max_new)
+        b_p = tl.exp2(b_log2 - b_max_new[:, None])
+        b_sum = b_sum * b_rescale + tl.sum(b_p, axis=1)
+        b_positive_score += tl.sum(tl.where(b_is_positive & m_m[None, :], b_scores, 0.0), axis=1)
+        if WANT_WEIGHTED:
+            b_c_out = tl.load(p_c_rows + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)
+            b_weighted = b_weighted * b_rescale[:, None] + tl.dot(
+                b_p.to(b_c_out.dtype), b_c_out, input_precision=PRECISION)
+        b_max = b_max_new
+
+    b_has_any = b_sum > 0
+    b_lse = tl.where(b_has_any, (b_max + tl.log2(tl.where(b_has_any, b_sum, 1.0))) * LN2, float("-inf"))
+    o_part = i_s.to(tl.int64) * N + o_n
+    if i_d == 0:  # every D-chunk computed the same LSE; the first one writes it
+        tl.store(lse_ptr + o_part, b_lse, mask=m_n)
+        tl.store(positive_score_ptr + o_part, b_positive_score, mask=m_n)
+    if WANT_WEIGHTED:
+        b_weighted = b_weighted / tl.where(b_has_any, b_sum, 1.0)[:, None]
+        p_weighted = weighted_ptr + o_part[:, None] * D + o_d[None, :]
+        tl.store(p_weighted, b_weighted, mask=m_n[:, None] & m_d[None, :])
+
+
+@triton.jit(do_not_specialize=["N", "M", "blocks_per_split"])
+def _contrastive_bwd_candidate_kernel(
+    a_ptr, c_ptr, positive_ptr, anchor_group_ptr, candidate_group_ptr, candidate_label_ptr, positive_label_ptr,
+    lse_ptr, row_weight_ptr, grad_ptr,
+    N, M, D, stride_a, stride_c, blocks_per_split, scale,
+    HAS_LABEL: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Candidate gradient by recomputation: G_j = sum_i dS_ij a_i with dS_ij = w_i (P_ij - [j = p_i]).
+
+    Derivation: L = sum_i w_i loss_i (w_i = upstream gradient times the reduction's weight, 0 for ignored
+    anchors); d loss_i / d s_ij = P_ij - [j = p_i] on A(i) and 0 elsewhere; s_ij = scale a_i . c_j, so
+    dL/dc_j = scale * G_j (the launcher's caller applies scale). P_ij = exp2((s_ij - LSE_i) log2 e) comes
+    from the stored LSE, so one pass suffices. Grid: (cdiv(M, BLOCK_M), splits over anchor blocks,
+    cdiv(D, BLOCK_D)); each program writes its own rows of its split's partial G, never another's.
+    """
+    i_m, i_s, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    acc_dtype = grad_ptr.dtype.element_ty
+    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_m = o_m < M
+    o_k = tl.arange(0, BLOCK_K)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+
+    b_candidate_group = tl.load(candidate_group_ptr + o_m, mask=m_m, other=0)
+    if HAS_LABEL:
+        b_candidate_label = tl.load(candidate_label_ptr + o_m, mask=m_m, other=0)
+    p_c_rows = c_ptr + o_m.to(tl.int64)[:, None] * stride_c
+    b_grad = tl.zeros([BLOCK_M, BLOCK_D], dtype=acc_dtype)
+
+    lo = i_s * blocks_per_split * BLOCK_N
+    hi = tl.minimum(lo + blocks_per_split * BLOCK_N, N)
+    for start_n in range(lo, hi, BLOCK_N):
+        o_n = start_n + tl.arange(0, BLOCK_N)
+        m_n = o_n < N
+        p_a_rows = a_ptr + o_n.to(tl.int64)[:, None] * stride_a
+        b_positive = tl.load(positive_ptr + o_n, mask=m_n, other=-1)
+        b_anchor_group = tl.load(anchor_group_ptr + o_n, mask=m_n, other=0)
+        b_lse = tl.load(lse_ptr + o_n, mask=m_n, other=0.0)
+        b_row_weight = tl.load(row_weight_ptr + o_n, mask=m_n, other=0.0)
+
+        b_scores_t = tl.zeros([BLOCK_M, BLOCK_N], dtype=acc_dtype)  # s_ij transposed: candidates x anchors
+        for start_k in range(0, D, BLOCK_K):
+            o_kk = start_k + o_k
+            m_k = o_kk < D
+            b_c = tl.load(p_c_rows + o_kk[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
+            b_a = tl.load(p_a_rows + o_kk[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
+            b_scores_t += tl.dot(b_c, tl.trans(b_a), input_precision=PRECISION)
+        b_scores_t = b_scores_t * scale
+
+        b_is_positive = o_m[:, None] == b_positive[None, :]
+        b_keep = b_candidate_group[:, None] != b_anchor_group[None, :]
+        if HAS_LABEL:
+            b_positive_label = tl.load(positive_label_ptr + o_n, mask=m_n, other=0)
+            b_keep = b_keep & (b_candidate_label[:, None] != b_positive_label[None, :])
+        b_allowed = (b_keep | b_is_positive) & m_m[:, None] & (b_positive >= 0)[None, :]
+
+        b_p = tl.where(b_allowed, tl.exp2((b_scores_t - b_lse[None, :]) * LOG2E), 0.0)
+        b_d_scores_t = b_row_weight[None, :] * (b_p - tl.where(b_is_positive, 1.0, 0.0))
+        b_a_out = tl.load(p_a_rows + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
+        b_grad += tl.dot(b_d_scores_t.to(b_a_out.dtype), b_a_out, input_precision=PRECISION)
+
+    p_grad = grad_ptr + (i_s.to(tl.int64) * M + o_m)[:, None] * D + o_d[None, :]
+    tl.store(p_grad, b_grad, mask=m_m[:, None] & m_d[None, :])
+
+
+# --------------------------------------------------------------------------------------------- launchers
+
+# Tile shapes by operand kind. Under the interpreter (CPU tests) small tiles keep numpy fast and exercise the
+# masks; tests may replace this dict's entries through ``config_override``.
+_INTERPRET_CONFIG = dict(BLOCK_N=16, BLOCK_M=32, BLOCK_K=16, BLOCK_D=32, num_warps=4, num_stages=1, splits=None)
+_CUDA_CONFIG = {
+    "half": dict(BLOCK_N=64, BLOCK_M=64, BLOCK_K=64, BLOCK_D=256, num_warps=8, num_stages=2, splits=None),
+    "float32": dict(BLOCK_N=32, BLOCK_M=32, BLOCK_K=32, BLOCK_D=128, num_warps=4, num_stages=2, splits=None),
+    "float64": dict(BLOCK_N=16, BLOCK_M=16, BLOCK_K=16, BLOCK_D=64, num_warps=4, num_stages=1, splits=None),
+}
+_override: dict = {}
+
+
+class config_override:
+    """Context manager replacing tile-shape entries (tests and tuning): ``with config_override(splits=3):``."""
+
+    def __init__(self, **entries):
+        self.entries = entries
+
+    def __enter__(self):
+        self.previous = dict(_override)
+        _override.update(self.entries)
+
+    def __exit__(self, *exc):
+        _override.clear()
+        _override.update(self.previous)
+
+
+def _config(operand: torch.Tensor, dim: int) -> dict:
+    if operand.device.type != "cuda":
+        config = dict(_INTERPRET_CONFIG)
+    else:
+        kind = "float64" if operand.dtype == torch.float64 else (
+            "float32" if operand.dtype == torch.float32 else "half")
+        config = dict(_CUDA_CONFIG[kind])
+    config.update(_override)
+    # A chunk of D wider than D itself only pads: shrink it to the power of two covering D (>= 16 for tl.dot).
+    config["BLOCK_D"] = min(config["BLOCK_D"], max(16, triton.next_power_of_2(dim)))
+    config["BLOCK_K"] = min(config["BLOCK_K"], max(16, triton.next_power_of_2(dim)))
+    return config
+
+
+def _precision(operand: torch.Tensor) -> str:
+    # fp32 follows PyTorch's own switch: IEEE products (parity) unless the user allowed TF32 for matmuls.
+    if operand.dtype == torch.float32 and operand.is_cuda and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _splits(config: dict, programs: int, loop_blocks: int, device: torch.device) -> int:
+    """How many ways to split the loop so that programs x splits roughly fills the GPU once."""
+    if config["splits"] is not None:
+        splits = config["splits"]
+    elif device.type == "cuda":
+        sm_count = torch.cuda.get_device_properties(device).multi_processor_count
+        splits = max(1, round(sm_count / programs))
+    else:
+        splits = 1
+    return max(1, min(splits, loop_blocks))
+
+
+def _split_plan(config, programs, loop_length, block, device):
+    loop_blocks = triton.cdiv(loop_length, block)
+    splits = _splits(config, programs, loop_blocks, device)
+    blocks_per_split = triton.cdiv(loop_blocks, splits)
+    return triton.cdiv(loop_blocks, blocks_per_split), blocks_per_split
+
+
+def forward(a_op, c_op, index, scale: float, want_anchor_grad: bool, unit_weight=None):
+    """Per anchor: LSE (-inf where ignored), positive score and, if asked, O_i = sum_j P_ij c_j.
+
+    Returns ``(lse, positive_score, weighted_candidates or None, None)``: the candidate gradient always
+    needs the second kernel (a row of P is only known once the anchor's whole loop is done), so
+    ``unit_weight`` is not used here.
+    """
+    num_anchors, dim = a_op.shape
+    num_candidates = c_op.shape[0]
+    acc_dtype = torch.float64 if a_op.dtype == torch.float64 else torch.float32
+    config = _config(a_op, dim)
+    anchor_blocks = triton.cdiv(num_anchors, config["BLOCK_N"])
+    d_chunks = triton.cdiv(dim, config["BLOCK_D"]) if want_anchor_grad else 1
+    splits, blocks_per_split = _split_plan(config, anchor_blocks * d_chunks, num_candidates,
+                                           config["BLOCK_M"], a_op.device)
+    lse = torch.empty(splits, num_anchors, device=a_op.device, dtype=acc_dtype)                  # (S, N)
+    positive_score = torch.empty(splits, num_anchors, device=a_op.device, dtype=acc_dtype)       # (S, N)
+    weighted = (torch.empty(splits, num_anchors, dim, device=a_op.device, dtype=acc_dtype)       # (S, N, D)
+                if want_anchor_grad else lse)
+    has_label = index.candidate_label is not None
+    if num_anchors > 0:
+        _contrastive_fwd_kernel[(anchor_blocks, splits, d_chunks)](
+            a_ptr=a_op, c_ptr=c_op, positive_ptr=index.positive_index, anchor_group_ptr=index.anchor_group,
+            candidate_group_ptr=index.candidate_group,
+            candidate_label_ptr=index.candidate_label if has_label else index.candidate_group,
+            positive_label_ptr=index.positive_label if has_label else index.anchor_group,
+            lse_ptr=lse, positive_score_ptr=positive_score, weighted_ptr=weighted,
+            N=num_anchors, M=num_candidates, D=dim, stride_a=a_op.stride(0), stride_c=c_op.stride(0),
+            blocks_per_split=blocks_per_split, scale=scale,
+            HAS_LABEL=has_label, WANT_WEIGHTED=want_anchor_grad, PRECISION=_precision(a_op),
+            BLOCK_N=config["BLOCK_N"], BLOCK_M=config["BLOCK_M"], BLOCK_K=config["BLOCK_K"],
+            BLOCK_D=config["BLOCK_D"], num_warps=config["num_warps"], num_stages=config["num_stages"],
+        )
+    if splits == 1:
+        return lse[0], positive_score[0], weighted[0] if want_anchor_grad else None, None
+    # Merge the splits' log-sum-exps; a split that held none of A(i) has LSE -inf and weight 0.
+    total = torch.logsumexp(lse, dim=0)                                                           # (N,)
+    finite_total = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
+    split_weight = torch.exp(lse - finite_total)                                                  # (S, N)
+    weighted_total = None
+    if want_anchor_grad:
+        weighted_total = (split_weight[:, :, None] * weighted).sum(dim=0)                         # (N, D)
+    return total, positive_score.sum(dim=0), weighted_total, None
+
+
+def candidate_grad(a_op, c_op, index, scale: float, lse: torch.Tensor, row_weight: torch.Tensor) -> torch.Tensor:
+    """(M, D): G_j = sum_i w_i (P_ij - [j = p_i]) a_i, in float32 (float64 for float64 operands)."""
+    num_anchors, dim = a_op.shape
+    num_candidates = c_op.shape[0]
+    acc_dtype = torch.float64 if a_op.dtype == torch.float64 else torch.float32
+    config = _config(a_op, dim)
+    candidate_blocks = triton.cdiv(num_candidates, config["BLOCK_M"])
+    d_chunks = triton.cdiv(dim, config["BLOCK_D"])
+    splits, blocks_per_split = _split_plan(config, candidate_blocks * d_chunks, max(num_anchors, 1),
+                                           config["BLOCK_N"], a_op.device)
+    grad = torch.empty(splits, num_candidates, dim, device=a_op.device, dtype=acc_dtype)          # (S, M, D)
+    if num_anchors == 0:
+        return grad.zero_()[0]
+    has_label = index.candidate_label is not None
+    _contrastive_bwd_candidate_kernel[(candidate_blocks, splits, d_chunks)](
+        a_ptr=a_op, c_ptr=c_op, positive_ptr=index.positive_index, anchor_group_ptr=index.anchor_group,
+        candidate_group_ptr=index.candidate_group,
+        candidate_label_ptr=index.candidate_label if has_label else index.candidate_group,
+        positive_label_ptr=index.positive_label if has_label else index.anchor_group,
+        lse_ptr=lse.to(acc_dtype).contiguous(), row_weight_ptr=row_weight.to(acc_dtype).contiguous(),
+        grad_ptr=grad,
+        N=num_anchors, M=num_candidates, D=dim, stride_a=a_op.stride(0), stride_c=c_op.stride(0),
+        blocks_per_split=blocks_per_split, scale=scale,
+        HAS_LABEL=has_label, PRECISION=_precision(a_op),
+        BLOCK_N=config["BLOCK_N"], BLOCK_M=config["BLOCK_M"], BLOCK_K=config["BLOCK_K"],
+        BLOCK_D=config["BLOCK_D"], num_warps=config["num_warps"], num_stages=config["num_stages"],
+    )
+    return grad[0] if splits == 1 else grad.sum(dim=0)
