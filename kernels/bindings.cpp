@@ -3,4 +3,5 @@
 
 PYBIND11_MODULE(_native, m) {
     m.doc() = "RetailSim native CPU kernels (pybind11). Use through retailsim.native, not directly.";
+    retailsim::register_pipeline(m);
 }

@@ -4,4 +4,5 @@
 #include <pybind11/pybind11.h>
 
 namespace retailsim {
+void register_pipeline(pybind11::module_& m);  // pipeline.cpp: per-customer item streams (Stage 2)
 }  // namespace retailsim
