@@ -140,6 +140,18 @@ SPLIT_FRACTIONS = (0.68, 0.13)  # train, validation; the rest is test
 SPLITS = ("train", "validation", "test")
 MAX_BASKET_ITEMS = 50  # longer baskets are truncated (SPEC 3.6)
 
+# --- customer buckets of the evaluation (SPEC 5): the customer's baskets before this one --------------------
+
+PRIOR_BUCKETS = ("prior_0", "prior_1_4", "prior_5_19", "prior_20_plus")
+PRIOR_BUCKET_EDGES = (1, 5, 20)  # bucket = number of edges <= prior basket count
+
+
+def prior_bucket(prior_baskets):
+    """Index into PRIOR_BUCKETS of a prior basket count (int or NumPy array)."""
+    import numpy as np
+
+    return np.searchsorted(np.asarray(PRIOR_BUCKET_EDGES), prior_baskets, side="right")
+
 
 def split_boundaries(n_weeks: int) -> tuple[int, int]:
     """(last training week, last validation week) for ordinal weeks 1..n_weeks under the default split.
