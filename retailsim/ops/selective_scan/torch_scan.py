@@ -1,0 +1,166 @@
+"""The PyTorch path of the selective scan (MPS, and CPU without the C++ extension), with its own backward.
+
+The sequence is cut into chunks of ``chunk`` steps. Per chunk the decays exp(Δ A) and drives Δ B u are built
+in bulk (chunk, batch, groups, dim/groups, N), the recurrence runs one fused multiply-add per step on a
+contiguous (batch, dim, N) slice, and C·h is reduced in bulk. Forward keeps only the state at each chunk
+start; backward walks the chunks in reverse, recomputes that chunk's states from its checkpoint and runs the
+adjoint recurrence g_t = C_t dy_t + exp(Δ_{t+1} A) g_{t+1} the same way. Memory is
+O(batch·dim·N·chunk) plus the checkpoints; everything is float32 (no float64: MPS has none).
+
+Launcher contract (shared with the Triton and C++ paths):
+  ``selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> (out, last_state, saved)``
+  ``selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved) -> grads``
+with out float32 (batch, dim, L), last_state float32 (batch, dim, N), grads float32 in the order
+(du, ddelta, dA, dB, dC, dD, ddelta_bias, dz), None for absent inputs.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Elements of one chunk's (chunk, batch, dim, N) work tensors: about 16 MB each in float32.
+CHUNK_ELEMENTS = 1 << 22
+SOFTPLUS_THRESHOLD = 20.0
+
+
+def chunk_length(batch: int, dim: int, dstate: int, length: int) -> int:
+    return max(1, min(length, CHUNK_ELEMENTS // max(1, batch * dim * dstate)))
+
+
+def _grouped(BC: torch.Tensor) -> torch.Tensor:
+    """(batch, N, L) or (batch, groups, N, L) -> float32 (L, batch, groups, 1, N)."""
+    if BC.dim() == 3:
+        BC = BC.unsqueeze(1)
+    return BC.float().permute(3, 0, 1, 2).unsqueeze(3)
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    batch, dim, length = u.shape
+    groups = B.shape[1] if B.dim() == 4 else (C.shape[1] if C.dim() == 4 else 1)
+    per_group = dim // groups
+    shape = (length, batch, groups, per_group)
+    # Step-major layouts: a step's slice is contiguous (batch, groups, dim/groups).
+    u_t = u.float().permute(2, 0, 1).reshape(shape)                         # (L, batch, G, dim/G)
+    pre = delta.float()
+    if delta_bias is not None:
+        pre = pre + delta_bias.float()[:, None]
+    delta_t = (F.softplus(pre) if delta_softplus else pre).permute(2, 0, 1).reshape(shape)
+    A_g = A.float().reshape(groups, per_group, -1)                          # (G, dim/G, N)
+    return dict(
+        batch=batch, dim=dim, length=length, groups=groups, per_group=per_group, shape=shape,
+        u=u_t, delta=delta_t, pre=pre, A=A_g, B=_grouped(B), C=_grouped(C),
+        D=None if D is None else D.float().reshape(groups, per_group),
+        z=None if z is None else z.float().permute(2, 0, 1).reshape(shape),
+    )
+
+
+def _chunk_states(p, start, stop, state):
+    """States h_t for t in [start, stop) from the state before ``start``; returns (decay, drive, states)."""
+    delta = p["delta"][start:stop, ..., None]                               # (T, batch, G, dim/G, 1)
+    decay = torch.exp(delta * p["A"])                                       # (T, batch, G, dim/G, N)
+    drive = (delta * p["u"][start:stop, ..., None]) * p["B"][start:stop]    # (T, batch, G, dim/G, N)
+    states = torch.empty_like(decay)
+    for t in range(stop - start):
+        state = torch.addcmul(drive[t], decay[t], state, out=states[t])
+    return decay, drive, states
+
+
+def _gate(p, y, start, stop):
+    """out = (y + D u) silu(z) on a chunk, and the pieces backward needs."""
+    u = p["u"][start:stop]
+    if p["D"] is not None:
+        y = y + u * p["D"]
+    if p["z"] is None:
+        return y
+    return y * F.silu(p["z"][start:stop])
+
+
+def _to_bdl(x_t: torch.Tensor, batch: int, dim: int) -> torch.Tensor:
+    """(L, batch, G, dim/G) -> (batch, dim, L)."""
+    return x_t.reshape(x_t.shape[0], batch, dim).permute(1, 2, 0)
+
+
+def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    p = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    batch, dim, length, dstate = p["batch"], p["dim"], p["length"], A.shape[1]
+    chunk = chunk_length(batch, dim, dstate, length)
+    out_t = torch.empty(p["shape"], dtype=torch.float32, device=u.device)  # (L, batch, G, dim/G)
+    state = torch.zeros(batch, p["groups"], p["per_group"], dstate, dtype=torch.float32, device=u.device)
+    checkpoints = []
+    for start in range(0, length, chunk):
+        stop = min(length, start + chunk)
+        checkpoints.append(state)
+        _, _, states = _chunk_states(p, start, stop, state)
+        y = (states * p["C"][start:stop]).sum(-1)                            # (T, batch, G, dim/G)
+        out_t[start:stop] = _gate(p, y, start, stop)
+        state = states[-1].clone()
+    out = _to_bdl(out_t, batch, dim).contiguous()
+    return out, state.reshape(batch, dim, dstate), (torch.stack(checkpoints),)
+
+
+def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved):
+    (checkpoints,) = saved
+    p = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    batch, dim, length, dstate = p["batch"], p["dim"], p["length"], A.shape[1]
+    groups, shape = p["groups"], p["shape"]
+    chunk = chunk_length(batch, dim, dstate, length)
+    dout_t = dout.float().permute(2, 0, 1).reshape(shape)
+    du_t = torch.empty(shape, dtype=torch.float32, device=u.device)
+    ddelta_t = torch.empty(shape, dtype=torch.float32, device=u.device)
+    dz_t = None if z is None else torch.empty(shape, dtype=torch.float32, device=u.device)
+    dB_t = torch.empty(length, batch, groups, dstate, dtype=torch.float32, device=u.device)
+    dC_t = torch.empty_like(dB_t)
+    dA = torch.zeros_like(p["A"])
+    dD = None if D is None else torch.zeros_like(p["D"])
+    carry = torch.zeros_like(checkpoints[0])                                # exp(Δ_{t+1}A) g_{t+1}
+    starts = list(range(0, length, chunk))
+    for index in reversed(range(len(starts))):
+        start = starts[index]
+        stop = min(length, start + chunk)
+        decay, drive, states = _chunk_states(p, start, stop, checkpoints[index])
+        u_c, delta_c, C_c, B_c = p["u"][start:stop], p["delta"][start:stop], p["C"][start:stop], p["B"][start:stop]
+        dy = dout_t[start:stop]
+        if z is not None:
+            y = (states * C_c).sum(-1)
+            if D is not None:
+                y = y + u_c * p["D"]
+            gate_sig = torch.sigmoid(p["z"][start:stop])
+            dz_t[start:stop] = dy * y * gate_sig * (1 + p["z"][start:stop] * (1 - gate_sig))
+            dy = dy * p["z"][start:stop] * gate_sig
+        # Adjoint recurrence, one fused multiply-add per step, in reverse.
+        adjoint = dy[..., None] * C_c                                       # (T, batch, G, dim/G, N)
+        for t in reversed(range(stop - start)):
+            adjoint[t].add_(carry)
+            carry = decay[t] * adjoint[t]
+        previous = torch.cat([checkpoints[index][None], states[:-1]])       # h_{t-1}
+        decayed = decay * previous                                          # exp(ΔA) h_{t-1}
+        weighted = adjoint * decayed
+        ddelta_t[start:stop] = (weighted * p["A"]).sum(-1) + (adjoint * B_c).sum(-1) * u_c
+        dA += (weighted * delta_c[..., None]).sum((0, 1))
+        dB_t[start:stop] = (adjoint * (delta_c * u_c)[..., None]).sum(3)
+        dC_t[start:stop] = (states * dy[..., None]).sum(3)
+        du_c = (adjoint * B_c).sum(-1) * delta_c
+        if D is not None:
+            du_c = du_c + dy * p["D"]
+            dD += (dy * u_c).sum((0, 1))
+        du_t[start:stop] = du_c
+    ddelta = _to_bdl(ddelta_t, batch, dim)
+    ddelta_bias = None
+    if delta_softplus:
+        # softplus'(x) = sigmoid(x), and 1 where softplus is the identity (x > threshold).
+        ddelta = ddelta * torch.where(p["pre"] > SOFTPLUS_THRESHOLD, 1.0, torch.sigmoid(p["pre"]))
+    if delta_bias is not None:
+        ddelta_bias = ddelta.sum((0, 2))
+    # (L, batch, G, N) -> (batch, G, N, L), summing the groups away where B or C had none.
+    dB = dB_t.sum(2).permute(1, 2, 0) if B.dim() == 3 else dB_t.permute(1, 2, 3, 0)
+    dC = dC_t.sum(2).permute(1, 2, 0) if C.dim() == 3 else dC_t.permute(1, 2, 3, 0)
+    return (
+        _to_bdl(du_t, batch, dim).contiguous(),
+        ddelta.contiguous(),
+        dA.reshape(dim, dstate),
+        dB.contiguous(),
+        dC.contiguous(),
+        None if dD is None else dD.reshape(dim),
+        ddelta_bias,
+        None if dz_t is None else _to_bdl(dz_t, batch, dim).contiguous(),
+    )

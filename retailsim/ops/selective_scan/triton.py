@@ -1,0 +1,337 @@
+"""Triton kernels of the selective scan and their launchers (contract in ``torch_scan.py``).
+
+Layout: one program per (block of BLOCK_D channels, batch element); it walks the sequence in chunks of
+CHUNK steps holding [BLOCK_D, N_PAD, CHUNK] register tiles, the state h in ``ACC`` (float32; float64 only
+for float64 inputs, which the gradcheck uses). L is a runtime argument: no recompilation per length.
+A block never straddles a B/C group (the launcher picks BLOCK_D dividing dim/groups when groups > 1), so a
+chunk loads its B and C tiles once for all its channels.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+SOFTPLUS_THRESHOLD = 20.0
+TILE_ELEMENTS = 4096  # BLOCK_D * N_PAD * CHUNK: what 8 warps hold in registers without spilling
+CHUNK = 16
+NUM_WARPS = 8
+
+
+@triton.jit
+def _affine_combine(a_left, h_left, a_right, h_right):
+    # Composition of h -> a h + x maps: first the earlier (left) step, then the later (right) one.
+    return a_left * a_right, h_left * a_right + h_right
+
+
+@triton.jit
+def _adjoint_combine(first_later, prod_later, acc_later, first_earlier, prod_earlier, acc_earlier):
+    # Reverse scan of g_t = e_t + a_{t+1} g_{t+1}. A segment [t0, t1] is (a_{t0}, P, E) with
+    # g_{t0} = E + P * (a_{t1+1} g_{t1+1}) and P = a_{t0+1} ... a_{t1}; the later segment's first decay
+    # links the two. Triton's reverse scan passes the accumulated later segment first.
+    link = prod_earlier * first_later
+    return first_earlier, prod_later * link, acc_earlier + link * acc_later
+
+
+@triton.jit
+def _softplus(x):
+    # log1p(exp(x)) without a log1p primitive (w - 1 recovers the rounded exp), identity above 20.
+    e = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + e
+    soft = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+    return tl.where(x > 20.0, x, soft)
+
+
+@triton.jit
+def _load_chunk(p_u, p_delta, p_bias, p_B, p_C, i_b, i_g, o_d, o_l, m_d, m_l, o_n, m_n,
+                stride_u_b, stride_u_d, stride_u_l, stride_dt_b, stride_dt_d, stride_dt_l,
+                stride_B_b, stride_B_g, stride_B_n, stride_B_l, stride_C_b, stride_C_g, stride_C_n, stride_C_l,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACC: tl.constexpr):
+    """u, Δ (before and after bias/softplus; 0 outside the data) as [BLOCK_D, CHUNK]; B, C as [N_PAD, CHUNK]."""
+    m_dl = m_d[:, None] & m_l[None, :]
+    b_u = tl.load(p_u + i_b * stride_u_b + o_d[:, None] * stride_u_d + o_l[None, :] * stride_u_l,
+                  mask=m_dl, other=0.0).to(ACC)
+    b_pre = tl.load(p_delta + i_b * stride_dt_b + o_d[:, None] * stride_dt_d + o_l[None, :] * stride_dt_l,
+                    mask=m_dl, other=0.0).to(ACC)
+    if HAS_BIAS:
+        b_pre = b_pre + tl.load(p_bias + o_d, mask=m_d, other=0.0).to(ACC)[:, None]
+    b_dt = b_pre
+    if SOFTPLUS:
+        b_dt = _softplus(b_pre)
+    b_dt = tl.where(m_dl, b_dt, 0.0)  # padding steps: decay 1, drive 0, so the state passes through
+    m_nl = m_n[:, None] & m_l[None, :]
+    b_B = tl.load(p_B + i_b * stride_B_b + i_g * stride_B_g + o_n[:, None] * stride_B_n + o_l[None, :] * stride_B_l,
+                  mask=m_nl, other=0.0).to(ACC)
+    b_C = tl.load(p_C + i_b * stride_C_b + i_g * stride_C_g + o_n[:, None] * stride_C_n + o_l[None, :] * stride_C_l,
+                  mask=m_nl, other=0.0).to(ACC)
+    return b_u, b_pre, b_dt, b_B, b_C
+
+
+# Forward: h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t; y_t = C_t·h_t + D u_t; out_t = y_t silu(z_t).
+# Within a chunk the affine maps (a_t, x_t) are composed by an associative scan along CHUNK; the state
+# entering the chunk is applied afterwards (h_t = H_t + (a_0...a_t) h_in). exp is exp2 of Δ·(A·log2 e).
+# Grid: (cdiv(dim, BLOCK_D), batch). Saves the state entering every chunk for the backward.
+@triton.jit
+def _selective_scan_fwd_kernel(
+    p_u, p_delta, p_A, p_B, p_C, p_D, p_z, p_bias, p_out, p_last, p_ckpt,
+    stride_u_b, stride_u_d, stride_u_l, stride_dt_b, stride_dt_d, stride_dt_l, stride_z_b, stride_z_d, stride_z_l,
+    stride_B_b, stride_B_g, stride_B_n, stride_B_l, stride_C_b, stride_C_g, stride_C_n, stride_C_l,
+    stride_A_d, stride_A_n,
+    dim, dstate, length, dim_per_group,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SAVE_STATES: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
+):
+    i_d = tl.program_id(0).to(tl.int64)
+    i_b = tl.program_id(1).to(tl.int64)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    o_n = tl.arange(0, N_PAD)
+    o_t = tl.arange(0, CHUNK)
+    m_d = o_d < dim
+    m_n = o_n < dstate
+    m_dn = m_d[:, None] & m_n[None, :]
+    i_g = (i_d * BLOCK_D) // dim_per_group
+    b_A2 = tl.load(p_A + o_d[:, None] * stride_A_d + o_n[None, :] * stride_A_n, mask=m_dn, other=0.0).to(ACC)
+    b_A2 = b_A2 * 1.4426950408889634  # log2(e): exp(Δ A) = exp2(Δ A log2 e)
+    if HAS_D:
+        b_Dv = tl.load(p_D + o_d, mask=m_d, other=0.0).to(ACC)
+    b_h = tl.zeros([BLOCK_D, N_PAD], dtype=ACC)
+    n_chunks = tl.cdiv(length, CHUNK)
+    o_state = (i_b * dim + o_d)[:, None] * n_chunks * dstate + o_n[None, :]
+    for i_c in range(0, n_chunks):
+        o_l = (i_c * CHUNK + o_t).to(tl.int64)
+        m_l = o_l < length
+        m_dl = m_d[:, None] & m_l[None, :]
+        b_u, b_pre, b_dt, b_B, b_C = _load_chunk(
+            p_u, p_delta, p_bias, p_B, p_C, i_b, i_g, o_d, o_l, m_d, m_l, o_n, m_n,
+            stride_u_b, stride_u_d, stride_u_l, stride_dt_b, stride_dt_d, stride_dt_l,
+            stride_B_b, stride_B_g, stride_B_n, stride_B_l, stride_C_b, stride_C_g, stride_C_n, stride_C_l,
+            HAS_BIAS, SOFTPLUS, ACC)
+        if SAVE_STATES:
+            tl.store(p_ckpt + o_state + i_c * dstate, b_h, mask=m_dn)
+        b_a = tl.exp2(b_dt[:, None, :] * b_A2[:, :, None])                 # [BLOCK_D, N_PAD, CHUNK]
+        b_x = (b_dt * b_u)[:, None, :] * b_B[None, :, :]
+        b_decay, b_hs = tl.associative_scan((b_a, b_x), axis=2, combine_fn=_affine_combine)
+        b_hs = b_hs + b_decay * b_h[:, :, None]
+        b_h = tl.sum(tl.where(o_t[None, None, :] == CHUNK - 1, b_hs, 0.0), axis=2)
+        b_y = tl.sum(b_hs * b_C[None, :, :], axis=1)                        # [BLOCK_D, CHUNK]
+        if HAS_D:
+            b_y = b_y + b_Dv[:, None] * b_u
+        if HAS_Z:
+            b_z = tl.load(p_z + i_b * stride_z_b + o_d[:, None] * stride_z_d + o_l[None, :] * stride_z_l,
+                          mask=m_dl, other=0.0).to(ACC)
+            b_y = b_y * b_z / (1.0 + tl.exp(-b_z))
+        o_out = (i_b * dim + o_d)[:, None] * length + o_l[None, :]
+        tl.store(p_out + o_out, b_y.to(p_out.dtype.element_ty), mask=m_dl)
+    tl.store(p_last + (i_b * dim + o_d)[:, None] * dstate + o_n[None, :], b_h, mask=m_dn)
+
+
+# Backward: with dy_t = dout_t silu(z_t), the adjoint g_t = dL/dh_t obeys g_t = C_t dy_t + a_{t+1} g_{t+1}
+# (a_t = exp(Δ_t A)); then dx_t = g_t, d(a_t)·a_t... gives
+#   dΔ_t = Σ_n g_t (A a_t h_{t-1} + B_t u_t),  dA = Σ_t g_t a_t h_{t-1} Δ_t,  dB_t = Σ_d g_t Δ_t u_t,
+#   dC_t = Σ_d dy_t h_t,  du_t = Σ_n g_t Δ_t B_t + D dy_t,  dz_t = dout_t y_t silu'(z_t),
+# with a_t h_{t-1} = h_t - Δ_t B_t u_t (as mamba_ssm's kernel). Chunks run last to first: each recomputes
+# its states from the checkpoint the forward saved, and the adjoint carried in from the chunk after it.
+# Sums over channels (dB, dC) and over batch/time (dA, dD, dΔ-bias) leave per-program partials that torch
+# sums afterwards in a fixed order: deterministic, no atomics. Grid: (cdiv(dim, BLOCK_D), batch).
+@triton.jit
+def _selective_scan_bwd_kernel(
+    p_dout, p_u, p_delta, p_A, p_B, p_C, p_D, p_z, p_bias, p_ckpt,
+    p_du, p_ddelta, p_dz, p_dA_part, p_dB_part, p_dC_part, p_dD_part, p_dbias_part,
+    stride_do_b, stride_do_d, stride_do_l,
+    stride_u_b, stride_u_d, stride_u_l, stride_dt_b, stride_dt_d, stride_dt_l, stride_z_b, stride_z_d, stride_z_l,
+    stride_B_b, stride_B_g, stride_B_n, stride_B_l, stride_C_b, stride_C_g, stride_C_n, stride_C_l,
+    stride_A_d, stride_A_n,
+    dim, dstate, length, dim_per_group,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
+):
+    i_d = tl.program_id(0).to(tl.int64)
+    i_b = tl.program_id(1).to(tl.int64)
+    n_dblocks = tl.num_programs(0).to(tl.int64)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    o_n = tl.arange(0, N_PAD)
+    o_t = tl.arange(0, CHUNK)
+    m_d = o_d < dim
+    m_n = o_n < dstate
+    m_dn = m_d[:, None] & m_n[None, :]
+    i_g = (i_d * BLOCK_D) // dim_per_group
+    b_A = tl.load(p_A + o_d[:, None] * stride_A_d + o_n[None, :] * stride_A_n, mask=m_dn, other=0.0).to(ACC)
+    b_A2 = b_A * 1.4426950408889634
+    if HAS_D:
+        b_Dv = tl.load(p_D + o_d, mask=m_d, other=0.0).to(ACC)
+    b_carry = tl.zeros([BLOCK_D, N_PAD], dtype=ACC)   # a_{t+1} g_{t+1} entering the chunk from the right
+    b_dA = tl.zeros([BLOCK_D, N_PAD], dtype=ACC)
+    b_dD = tl.zeros([BLOCK_D], dtype=ACC)
+    b_dbias = tl.zeros([BLOCK_D], dtype=ACC)
+    n_chunks = tl.cdiv(length, CHUNK)
+    o_state = (i_b * dim + o_d)[:, None] * n_chunks * dstate + o_n[None, :]
+    o_part = ((i_b * n_dblocks + i_d) * dstate + o_n)[:, None] * length          # [N_PAD, 1]
+    for i_k in range(0, n_chunks):
+        i_c = n_chunks - 1 - i_k
+        o_l = (i_c * CHUNK + o_t).to(tl.int64)
+        m_l = o_l < length
+        m_dl = m_d[:, None] & m_l[None, :]
+        b_u, b_pre, b_dt, b_B, b_C = _load_chunk(
+            p_u, p_delta, p_bias, p_B, p_C, i_b, i_g, o_d, o_l, m_d, m_l, o_n, m_n,
+            stride_u_b, stride_u_d, stride_u_l, stride_dt_b, stride_dt_d, stride_dt_l,
+            stride_B_b, stride_B_g, stride_B_n, stride_B_l, stride_C_b, stride_C_g, stride_C_n, stride_C_l,
+            HAS_BIAS, SOFTPLUS, ACC)
+        b_h0 = tl.load(p_ckpt + o_state + i_c * dstate, mask=m_dn, other=0.0).to(ACC)
+        b_a = tl.exp2(b_dt[:, None, :] * b_A2[:, :, None])                 # [BLOCK_D, N_PAD, CHUNK]
+        b_x = (b_dt * b_u)[:, None, :] * b_B[None, :, :]
+        b_decay, b_hs = tl.associative_scan((b_a, b_x), axis=2, combine_fn=_affine_combine)
+        b_hs = b_hs + b_decay * b_h0[:, :, None]
+        o_bdl = (i_b * dim + o_d)[:, None] * length + o_l[None, :]
+        b_dout = tl.load(p_dout + i_b * stride_do_b + o_d[:, None] * stride_do_d + o_l[None, :] * stride_do_l,
+                         mask=m_dl, other=0.0).to(ACC)
+        b_dy = b_dout
+        if HAS_Z:
+            b_z = tl.load(p_z + i_b * stride_z_b + o_d[:, None] * stride_z_d + o_l[None, :] * stride_z_l,
+                          mask=m_dl, other=0.0).to(ACC)
+            b_y = tl.sum(b_hs * b_C[None, :, :], axis=1)
+            if HAS_D:
+                b_y = b_y + b_Dv[:, None] * b_u
+            b_sig = 1.0 / (1.0 + tl.exp(-b_z))
+            b_dz = b_dout * b_y * b_sig * (1.0 + b_z * (1.0 - b_sig))
+            tl.store(p_dz + o_bdl, b_dz.to(p_dz.dtype.element_ty), mask=m_dl)
+            b_dy = b_dout * b_z * b_sig
+        b_e = b_dy[:, None, :] * b_C[None, :, :]
+        b_e = b_e + tl.where(o_t[None, None, :] == CHUNK - 1, b_carry[:, :, None], 0.0)
+        _, _, b_g = tl.associative_scan((b_a, tl.full(b_a.shape, 1.0, ACC), b_e), axis=2,
+                                        combine_fn=_adjoint_combine, reverse=True)
+        b_carry = tl.sum(tl.where(o_t[None, None, :] == 0, b_a * b_g, 0.0), axis=2)
+        b_gah = b_g * (b_hs - b_x)                                          # g_t a_t h_{t-1}
+        b_gB = tl.sum(b_g * b_B[None, :, :], axis=1)                        # [BLOCK_D, CHUNK]
+        b_ddt = tl.sum(b_gah * b_A[:, :, None], axis=1) + b_gB * b_u
+        b_dA += tl.sum(b_gah * b_dt[:, None, :], axis=2)
+        b_du = b_gB * b_dt
+        if HAS_D:
+            b_du = b_du + b_dy * b_Dv[:, None]
+            b_dD += tl.sum(b_dy * b_u, axis=1)
+        if SOFTPLUS:
+            b_ddt = b_ddt * tl.where(b_pre > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-b_pre)))
+        b_ddt = tl.where(m_dl, b_ddt, 0.0)
+        if HAS_BIAS:
+            b_dbias += tl.sum(b_ddt, axis=1)
+        tl.store(p_du + o_bdl, b_du.to(p_du.dtype.element_ty), mask=m_dl)
+        tl.store(p_ddelta + o_bdl, b_ddt.to(p_ddelta.dtype.element_ty), mask=m_dl)
+        m_nl = m_n[:, None] & m_l[None, :]
+        b_dB = tl.sum(b_g * (b_dt * b_u)[:, None, :], axis=0)               # [N_PAD, CHUNK]
+        b_dC = tl.sum(b_hs * b_dy[:, None, :], axis=0)
+        tl.store(p_dB_part + o_part + o_l[None, :], b_dB, mask=m_nl)
+        tl.store(p_dC_part + o_part + o_l[None, :], b_dC, mask=m_nl)
+    o_bd = i_b * dim + o_d
+    tl.store(p_dA_part + o_bd[:, None] * dstate + o_n[None, :], b_dA, mask=m_dn)
+    if HAS_D:
+        tl.store(p_dD_part + o_bd, b_dD, mask=m_d)
+    if HAS_BIAS:
+        tl.store(p_dbias_part + o_bd, b_dbias, mask=m_d)
+
+
+def _acc_dtype(u: torch.Tensor):
+    return (tl.float64, torch.float64) if u.dtype == torch.float64 else (tl.float32, torch.float32)
+
+
+def _config(dim: int, dstate: int, groups: int) -> tuple[int, int]:
+    """(BLOCK_D, N_PAD): the tile holds about TILE_ELEMENTS; a block stays inside one B/C group."""
+    n_pad = max(2, triton.next_power_of_2(dstate))
+    block_d = max(1, min(16, TILE_ELEMENTS // (n_pad * CHUNK), triton.next_power_of_2(dim)))
+    if groups > 1:
+        per_group = dim // groups
+        while per_group % block_d:
+            block_d //= 2
+    return block_d, n_pad
+
+
+def _bc_strides(BC: torch.Tensor) -> tuple[int, int, int, int]:
+    if BC.dim() == 3:
+        return BC.stride(0), 0, BC.stride(1), BC.stride(2)
+    return BC.stride(0), BC.stride(1), BC.stride(2), BC.stride(3)
+
+
+def _groups(B: torch.Tensor, C: torch.Tensor) -> int:
+    return B.shape[1] if B.dim() == 4 else (C.shape[1] if C.dim() == 4 else 1)
+
+
+def _common(u, delta, A, B, C, z):
+    batch, dim, length = u.shape
+    dstate = A.shape[1]
+    groups = _groups(B, C)
+    block_d, n_pad = _config(dim, dstate, groups)
+    z_strides = z.stride() if z is not None else (0, 0, 0)
+    strides = dict(
+        stride_u_b=u.stride(0), stride_u_d=u.stride(1), stride_u_l=u.stride(2),
+        stride_dt_b=delta.stride(0), stride_dt_d=delta.stride(1), stride_dt_l=delta.stride(2),
+        stride_z_b=z_strides[0], stride_z_d=z_strides[1], stride_z_l=z_strides[2],
+        stride_A_d=A.stride(0), stride_A_n=A.stride(1),
+        **dict(zip(("stride_B_b", "stride_B_g", "stride_B_n", "stride_B_l"), _bc_strides(B))),
+        **dict(zip(("stride_C_b", "stride_C_g", "stride_C_n", "stride_C_l"), _bc_strides(C))),
+        dim=dim, dstate=dstate, length=length, dim_per_group=dim // groups,
+    )
+    grid = (triton.cdiv(dim, block_d), batch)
+    return batch, dim, length, dstate, groups, block_d, n_pad, strides, grid
+
+
+def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """Launcher: (out in u's dtype, last_state (batch, dim, N), (chunk-start states,))."""
+    batch, dim, length, dstate, groups, block_d, n_pad, strides, grid = _common(u, delta, A, B, C, z)
+    acc_tl, acc_torch = _acc_dtype(u)
+    save = any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    out = torch.empty((batch, dim, length), dtype=u.dtype, device=u.device)
+    last_state = torch.empty((batch, dim, dstate), dtype=acc_torch, device=u.device)
+    n_chunks = triton.cdiv(length, CHUNK)
+    checkpoints = torch.empty((batch, dim, n_chunks, dstate) if save else (1,), dtype=acc_torch, device=u.device)
+    D_arg = D.contiguous() if D is not None else out
+    bias_arg = delta_bias.contiguous() if delta_bias is not None else out
+    _selective_scan_fwd_kernel[grid](
+        p_u=u, p_delta=delta, p_A=A, p_B=B, p_C=C, p_D=D_arg, p_z=z if z is not None else u, p_bias=bias_arg,
+        p_out=out, p_last=last_state, p_ckpt=checkpoints, **strides,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        SAVE_STATES=save, BLOCK_D=block_d, N_PAD=n_pad, CHUNK=CHUNK, ACC=acc_tl, num_warps=NUM_WARPS,
+    )
+    return out, last_state, (checkpoints,)
+
+
+def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved):
+    """Launcher: (du, ddelta, dA, dB, dC, dD, ddelta_bias, dz); du/ddelta/dz in their inputs' dtypes."""
+    (checkpoints,) = saved
+    batch, dim, length, dstate, groups, block_d, n_pad, strides, grid = _common(u, delta, A, B, C, z)
+    acc_tl, acc_torch = _acc_dtype(u)
+    device = u.device
+    n_dblocks = grid[0]
+    du = torch.empty((batch, dim, length), dtype=u.dtype, device=device)
+    ddelta = torch.empty((batch, dim, length), dtype=delta.dtype, device=device)
+    dz = torch.empty((batch, dim, length), dtype=z.dtype, device=device) if z is not None else None
+    dA_part = torch.empty((batch, dim, dstate), dtype=acc_torch, device=device)
+    dB_part = torch.empty((batch, n_dblocks, dstate, length), dtype=acc_torch, device=device)
+    dC_part = torch.empty_like(dB_part)
+    dD_part = torch.empty((batch, dim), dtype=acc_torch, device=device) if D is not None else None
+    dbias_part = torch.empty((batch, dim), dtype=acc_torch, device=device) if delta_bias is not None else None
+    _selective_scan_bwd_kernel[grid](
+        p_dout=dout, p_u=u, p_delta=delta, p_A=A, p_B=B, p_C=C,
+        p_D=D.contiguous() if D is not None else du, p_z=z if z is not None else u,
+        p_bias=delta_bias.contiguous() if delta_bias is not None else du, p_ckpt=checkpoints,
+        p_du=du, p_ddelta=ddelta, p_dz=dz if dz is not None else du, p_dA_part=dA_part,
+        p_dB_part=dB_part, p_dC_part=dC_part,
+        p_dD_part=dD_part if dD_part is not None else dA_part,
+        p_dbias_part=dbias_part if dbias_part is not None else dA_part,
+        stride_do_b=dout.stride(0), stride_do_d=dout.stride(1), stride_do_l=dout.stride(2), **strides,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        BLOCK_D=block_d, N_PAD=n_pad, CHUNK=CHUNK, ACC=acc_tl, num_warps=NUM_WARPS,
+    )
+    dB = _reduce_channel_blocks(dB_part, B, groups)
+    dC = _reduce_channel_blocks(dC_part, C, groups)
+    return (
+        du, ddelta, dA_part.sum(0), dB, dC,
+        dD_part.sum(0) if dD_part is not None else None,
+        dbias_part.sum(0) if dbias_part is not None else None,
+        dz,
+    )
+
+
+def _reduce_channel_blocks(part: torch.Tensor, BC: torch.Tensor, groups: int) -> torch.Tensor:
+    """(batch, channel blocks, N, L) partials -> B/C's own shape; blocks are group-major and equal per group."""
+    if BC.dim() == 3:
+        return part.sum(1)
+    batch, n_blocks, dstate, length = part.shape
+    return part.view(batch, groups, n_blocks // groups, dstate, length).sum(2)
