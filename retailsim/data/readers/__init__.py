@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retailsim.data.readers import validation
 from retailsim.data.readers.mapping import MAPPABLE_NAMES, parse_mapping
 from retailsim.data.schema import LGSR_FILE_GLOB
 from retailsim.data.sources import TransactionSource

