@@ -1,0 +1,152 @@
+"""Softmax focal loss, alone (``focal_loss``) and fused with the output projection (``linear_focal_loss``).
+
+FL_i = -alpha[y_i] (1 - p_{i,y_i})^gamma log p_{i,y_i}, p_i = softmax(logits_i) (Lin et al., 2017, in its
+multi-class softmax form). One pass over the logits computes the loss and the gradient; backward only scales.
+CUDA tensors run the Triton kernel, other devices the chunked PyTorch path (SPEC 6.1, 6.3).
+"""
+from __future__ import annotations
+
+import torch
+
+from retailsim.ops import backend as _backend
+from retailsim.ops.focal_loss.function import FocalLossFunction, LinearFocalLossFunction
+
+__all__ = ["focal_loss", "linear_focal_loss"]
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_common(target, n_classes, gamma, alpha, reduction, device, ignore_index):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}.")
+    if not isinstance(gamma, (int, float)) or not gamma >= 0:
+        raise ValueError(f"gamma must be a number >= 0, got {gamma!r}.")
+    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"target must be an integer tensor of class indices, got dtype {target.dtype}.")
+    if target.device != device:
+        raise ValueError(f"target is on {target.device} but the logits are on {device}.")
+    if alpha is not None:
+        if not isinstance(alpha, torch.Tensor) or alpha.shape != (n_classes,) or not alpha.is_floating_point():
+            raise ValueError(f"alpha must be a floating-point tensor of shape ({n_classes},), one weight per class.")
+        if alpha.device != device:
+            raise ValueError(f"alpha is on {alpha.device} but the logits are on {device}.")
+        if alpha.requires_grad:
+            raise ValueError("alpha must not require grad: focal_loss treats the class weights as constants.")
+    # Checking the targets' range on an accelerator would need a host sync; there an out-of-range target gives a
+    # NaN loss instead. On the CPU the check is free, so it raises (except while torch.compile traces).
+    if device.type == "cpu" and target.numel() and not torch.compiler.is_compiling():
+        bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+        if bool(bad.any()):
+            raise ValueError(
+                f"target must hold class indices in [0, {n_classes}) or ignore_index={ignore_index}, "
+                f"got {target[bad][0].item()}."
+            )
+
+
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    alpha: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Softmax focal loss over the last dimension: ``-alpha[y] (1 - p_y)^gamma log p_y``.
+
+    Args:
+        logits: (..., V) float32, float16, bfloat16 or float64; math is fp32 (fp64 for fp64 input).
+        target: (...) integer class indices in [0, V), or ``ignore_index`` for rows that do not count.
+        gamma: focusing exponent >= 0; ``gamma=0`` is cross-entropy (equal to ``F.cross_entropy`` when
+            ``alpha`` is None).
+        alpha: optional (V,) per-class weights (constants, no gradient). Unlike ``F.cross_entropy(weight=)``,
+            ``mean`` still divides by the number of rows, not by the sum of their weights.
+        ignore_index: target value of rows that contribute 0 loss and 0 gradient.
+        reduction: ``"mean"`` (over non-ignored rows; 0 when every row is ignored), ``"sum"`` or ``"none"``.
+
+    Returns:
+        A scalar, or (...) per-row losses for ``"none"``, in logits' dtype. An out-of-range target raises on
+        the CPU and gives NaN on an accelerator (checking there would need a host sync).
+
+    Example:
+        >>> logits = torch.randn(8, 100, requires_grad=True)
+        >>> target = torch.randint(0, 100, (8,))
+        >>> focal_loss(logits, target, gamma=2.0).backward()
+    """
+    if logits.dim() < 1 or logits.shape[:-1] != target.shape:
+        raise ValueError(
+            f"logits must be (..., V) with target (...): got logits {tuple(logits.shape)}, "
+            f"target {tuple(target.shape)}."
+        )
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}.")
+    n_classes = logits.shape[-1]
+    _check_common(target, n_classes, gamma, alpha, reduction, logits.device, ignore_index)
+    backend = _backend.resolve("focal_loss", logits.device, has_native=False)
+    logits2d = logits.reshape(-1, n_classes)  # (N, V)
+    if logits2d.stride(-1) != 1:
+        logits2d = logits2d.contiguous()
+    alpha = None if alpha is None else alpha.detach().contiguous()
+    loss = FocalLossFunction.apply(
+        logits2d, target.reshape(-1), alpha, float(gamma), int(ignore_index), reduction, backend
+    )
+    return loss.reshape(target.shape) if reduction == "none" else loss
+
+
+def linear_focal_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    gamma: float = 2.0,
+    alpha: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """``focal_loss(hidden @ weight.T + bias, target, ...)`` without ever holding all N x V logits.
+
+    Rows are processed in chunks of at most 64 MiB of logits: each chunk's logits come from one matmul, the
+    focal kernel turns them in place into their gradient, and two more matmuls fold that into the hidden and
+    weight gradients (fp32 accumulation across chunks). Gradients are computed in the forward pass (reduction
+    ``"none"``: in backward, recomputing the chunks, since they need the per-row grad_output).
+
+    Args:
+        hidden: (..., H) float32, float16, bfloat16 or float64.
+        weight: (V, H) output projection, same dtype and device as ``hidden``.
+        target: (...) integer class indices in [0, V) or ``ignore_index``.
+        bias: optional (V,).
+        gamma, alpha, ignore_index, reduction: as in :func:`focal_loss`.
+
+    Returns:
+        A scalar, or (...) for ``"none"``, in hidden's dtype.
+
+    Example:
+        >>> hidden = torch.randn(4, 16, 64, requires_grad=True)
+        >>> weight = torch.randn(5003, 64, requires_grad=True)
+        >>> target = torch.randint(0, 5003, (4, 16))
+        >>> linear_focal_loss(hidden, weight, target).backward()
+    """
+    if hidden.dim() < 1 or hidden.shape[:-1] != target.shape:
+        raise ValueError(
+            f"hidden must be (..., H) with target (...): got hidden {tuple(hidden.shape)}, "
+            f"target {tuple(target.shape)}."
+        )
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight must be (V, H) with H = hidden.shape[-1] = {hidden.shape[-1]}, got {tuple(weight.shape)}."
+        )
+    if not hidden.is_floating_point() or weight.dtype != hidden.dtype or weight.device != hidden.device:
+        raise TypeError(
+            f"hidden and weight must be floating-point tensors of one dtype and device, got {hidden.dtype} on "
+            f"{hidden.device} and {weight.dtype} on {weight.device}."
+        )
+    n_classes = weight.shape[0]
+    if bias is not None and (bias.shape != (n_classes,) or bias.dtype != hidden.dtype or bias.device != hidden.device):
+        raise ValueError(f"bias must be a ({n_classes},) tensor of hidden's dtype and device, got {tuple(bias.shape)}.")
+    _check_common(target, n_classes, gamma, alpha, reduction, hidden.device, ignore_index)
+    backend = _backend.resolve("focal_loss", hidden.device, has_native=False)
+    hidden2d = hidden.reshape(-1, hidden.shape[-1])  # (N, H)
+    alpha = None if alpha is None else alpha.detach().contiguous()
+    loss = LinearFocalLossFunction.apply(
+        hidden2d, weight, target.reshape(-1), bias, alpha, float(gamma), int(ignore_index), reduction, backend
+    )
+    return loss.reshape(target.shape) if reduction == "none" else loss

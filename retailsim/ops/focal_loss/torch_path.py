@@ -1,0 +1,72 @@
+"""The PyTorch path of the focal loss (CPU, MPS, and anywhere Triton cannot run): the same one-pass loss and
+gradient as the Triton kernel, chunked over rows so that its temporaries stay under ~2 x ``CHUNK_ELEMENTS``
+values whatever N is. Math in float32 (float64 for float64 input); no host sync, no op MPS lacks.
+"""
+from __future__ import annotations
+
+import torch
+
+CHUNK_ELEMENTS = 1 << 23  # logits values one chunk of rows holds in the compute dtype (32 MiB at fp32)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def focal_loss_rows(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: torch.Tensor | None,
+    gamma: float,
+    ignore_index: int,
+    reduction: str,
+    compute_grad: bool,
+    grad_out: torch.Tensor | None = None,
+    n_valid: torch.Tensor | None = None,
+    chunk_elements: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Same contract as :func:`retailsim.ops.focal_loss.triton.focal_loss_rows`: per-row loss (N,) in the
+    compute dtype and, when ``compute_grad``, the reduction-scaled gradient (N, V) in logits' dtype, written
+    into ``grad_out`` (which may be ``logits``) or a new buffer."""
+    n_rows, n_cols = logits.shape
+    dtype = compute_dtype(logits.dtype)
+    loss = torch.empty(n_rows, dtype=dtype, device=logits.device)
+    if compute_grad and grad_out is None:
+        grad_out = torch.empty_like(logits)
+    if reduction == "mean":
+        if n_valid is None:
+            n_valid = (target != ignore_index).sum()
+        inv_count = 1.0 / n_valid.clamp(min=1).to(dtype)
+    alpha_c = None if alpha is None else alpha.to(dtype)
+    step = max(1, (chunk_elements or CHUNK_ELEMENTS) // max(n_cols, 1))
+    for start in range(0, n_rows, step):
+        rows = slice(start, min(start + step, n_rows))
+        z = logits[rows].to(dtype)  # (R, V)
+        y = target[rows].long()  # (R,)
+        ignored = y == ignore_index
+        in_range = (y >= 0) & (y < n_cols)
+        y_safe = torch.where(in_range, y, torch.zeros_like(y))[:, None]  # (R, 1)
+        row_max, argmax = z.max(dim=1, keepdim=True)  # (R, 1)
+        # rest = sum of exp(z - max) without the argmax's own 1, so log1p keeps its digits as p_y -> 1.
+        exps = torch.exp(z - row_max).scatter_(1, argmax, 0.0)  # (R, V)
+        log_sum = torch.log1p(exps.sum(dim=1, keepdim=True))  # (R, 1)
+        ce = ((row_max - z.gather(1, y_safe)) + log_sum).clamp(min=0)  # (R, 1)
+        q = -torch.expm1(-ce)  # 1 - p_y
+        q_pow = q**gamma  # torch: 0**0 = 1, 0**g = 0 for g > 0
+        weight = torch.ones_like(ce) if alpha_c is None else alpha_c[y_safe]
+        nan = torch.full_like(ce, float("nan"))
+        invalid = (~in_range & ~ignored)[:, None]
+        keep = (~ignored)[:, None]
+        row_loss = torch.where(invalid, nan, weight * q_pow * ce * keep)
+        loss[rows] = row_loss.squeeze(1)
+        if not compute_grad:
+            continue
+        # dFL/dz_j = alpha q^g [1 + g p_y ce/q] (p_j - d_jy), derived in triton.py's kernel header.
+        ce_over_q = torch.where(q > 0, ce / q.clamp(min=torch.finfo(dtype).tiny), torch.ones_like(q))
+        coef = weight * q_pow * (1.0 + gamma * torch.exp(-ce) * ce_over_q) * keep
+        if reduction == "mean":
+            coef = coef * inv_count
+        coef = torch.where(invalid, nan, coef)
+        probs = torch.exp(z - (row_max + log_sum), out=exps).scatter_(1, y_safe, -q)  # p_j, and p_y - 1 = -q
+        grad_out[rows] = (probs * coef).to(grad_out.dtype)
+    return loss, grad_out
