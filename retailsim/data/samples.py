@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from retailsim.data import schema
 from retailsim.data.customer_state import CustomerState
+from retailsim.data.sources import InputCounters
 from retailsim.data.training_stats import PRICE_QUANTUM, TrainingStats, compute_training_stats
 from retailsim.data.week_lines import WeekLines, encode_week
 from retailsim.errors import RetailSimInputError
@@ -108,6 +109,8 @@ def write_samples(source, out: Path, *, n_products: int = schema.DEFAULT_N_PRODU
     if stats.train_baskets == 0:
         raise RetailSimInputError(f"--input has no basket lines in the training weeks 1..{train_end}.")
 
+    # Pass 1 read the training weeks (and perhaps one more); the summary counts what pass 2 reads, once.
+    source.counters = InputCounters()
     counts = {split: SplitCounts() for split in schema.SPLITS}
     writers = {split: pq.ParquetWriter(out / f"{split}.parquet", SAMPLES_SCHEMA) for split in schema.SPLITS}
     week_writer = _WeekWriter(stats)

@@ -2,7 +2,7 @@
 
 - product vocabulary: the ``n_products`` products in the most training baskets get ids 1..N, most frequent
   first, ties broken by product id (string order); PAD 0, UNK N+1, MASK N+2 (``schema``);
-- per-product median log unit price (exact median of log(spend/quantity) quantised to 1e-3, i.e. 0.1 %);
+- per-product median log unit price (median of log(spend/quantity) to within 1e-3, i.e. 0.1 %);
 - customer ids 1..C for customers seen in training, in order of first training week then customer id;
 - store ids 1..S and store region ids 1..R, from training, in string order; 0 = unknown;
 - hierarchy ids (category_1..4) of each vocabulary product; training basket counts (popularity baseline).
@@ -67,29 +67,36 @@ class _PriceHistogram:
     def __init__(self) -> None:
         self.keys = np.zeros(0, np.int64)
         self.counts = np.zeros(0, np.int64)
-        self._pending: list[np.ndarray] = []
+        self.sums = np.zeros(0, np.float64)  # sum of the exact log prices in each bin
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
 
     def add(self, product: np.ndarray, log_price: np.ndarray) -> None:
         ok = np.isfinite(log_price)
         quantised = np.clip(np.round(log_price[ok] / PRICE_QUANTUM), -_PRICE_OFFSET + 1, _PRICE_OFFSET - 1)
-        self._pending.append((product[ok] << 31) + (quantised.astype(np.int64) + _PRICE_OFFSET))
-        if sum(len(p) for p in self._pending) > 5_000_000:
+        self._pending.append(((product[ok] << 31) + (quantised.astype(np.int64) + _PRICE_OFFSET), log_price[ok]))
+        if sum(len(p) for p, _ in self._pending) > 5_000_000:
             self._merge()
 
     def _merge(self) -> None:
         if not self._pending:
             return
-        keys = np.concatenate([self.keys] + self._pending)
-        counts = np.concatenate([self.counts] + [np.ones(len(p), np.int64) for p in self._pending])
+        keys = np.concatenate([self.keys] + [p for p, _ in self._pending])
+        counts = np.concatenate([self.counts] + [np.ones(len(p), np.int64) for p, _ in self._pending])
+        sums = np.concatenate([self.sums] + [v for _, v in self._pending])
         self.keys, inverse = np.unique(keys, return_inverse=True)
         self.counts = np.bincount(inverse, weights=counts).astype(np.int64)
+        self.sums = np.bincount(inverse, weights=sums)
         self._pending = []
 
     def medians(self, n_products: int) -> np.ndarray:
-        """float64 [n_products]: lower median of each product's quantised log prices, NaN without any."""
+        """float64 [n_products]: each product's median log price, NaN without any.
+
+        The lower median of the log prices quantised to PRICE_QUANTUM, reported as the mean of the exact log
+        prices in that bin (so a product sold at one price gets exactly that price).
+        """
         self._merge()
         product = self.keys >> 31
-        value = ((self.keys & ((1 << 31) - 1)) - _PRICE_OFFSET) * PRICE_QUANTUM
+        value = self.sums / np.maximum(self.counts, 1)
         total = np.bincount(product, weights=self.counts, minlength=n_products)
         group_start = np.concatenate([[0], np.cumsum(np.bincount(product, minlength=n_products))])[:-1]
         cumulative = np.cumsum(self.counts)
