@@ -45,7 +45,8 @@ assert len(PRICE_BANDS) == N_PRICE_BANDS
 ANONYMOUS_SHARE = 0.15  # shoppers without a loyalty card
 UNKNOWN_LIFESTAGE_SHARE = 0.03  # card holders whose written lifestage is XX
 UNKNOWN_PRICE_BAND_SHARE = 0.02
-LATE_JOINER_SHARE = 0.20  # customers whose first possible trip is after week 1 (cold starts in every split)
+LATE_JOINER_SHARE = 0.25  # customers whose first possible trip is after week 1 (cold starts in every split)
+LATE_JOIN_MEAN_WEEKS = 40.0  # join weeks do not depend on --weeks: a longer run extends a shorter one
 MEAN_TRIPS_PER_WEEK = 0.75  # a few trips a month
 TRIP_RATE_SHAPE = 2.0
 HOME_STORE_SHARE = 0.85
@@ -105,7 +106,7 @@ def build_customers(config: GeneratorConfig, catalogue: Catalogue, stores: Store
     price_band = rng.choice(N_PRICE_BANDS, size=c, p=PRICE_BAND_SHARE).astype(np.int8)
     trip_rate = rng.gamma(TRIP_RATE_SHAPE, MEAN_TRIPS_PER_WEEK / TRIP_RATE_SHAPE, size=c)
     late = rng.random(c) < LATE_JOINER_SHARE
-    join_week = np.where(late, rng.integers(1, config.weeks, size=c), 0).astype(np.int64)
+    join_week = np.where(late, 1 + np.floor(rng.exponential(LATE_JOIN_MEAN_WEEKS, size=c)), 0).astype(np.int64)
     home_store = np.searchsorted(stores.traffic_cdf, rng.random(c), side="right").clip(0, stores.n_stores - 1)
     type_logits = (
         TYPE_BASE_LOGITS + LIFESTAGE_TYPE_LOGITS[lifestage] + CUSTOMER_MISSION_SPREAD * rng.standard_normal((c, 3))
