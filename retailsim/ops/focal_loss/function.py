@@ -132,7 +132,7 @@ def _linear_chunks(
                 grad_weight.addmm_(dlogits.T, hidden_chunk)
             else:  # low precision, several chunks: bf16/fp16 products, fp32 sum, the temporary sliced along V
                 for cols in _slices(n_cols, step * max(1, n_cols // hidden.shape[1])):
-                    grad_weight[cols] += (dlogits[:, cols].T @ hidden_chunk).to(accumulate_dtype)
+                    grad_weight[cols] += dlogits[:, cols].T @ hidden_chunk  # the add casts on the fly
         if need_bias:
             grad_bias += dlogits.sum(dim=0, dtype=accumulate_dtype)
     grad_weight = weight.new_empty(0) if grad_weight is None else grad_weight.to(weight.dtype)
