@@ -550,3 +550,39 @@ def test_open_source_rejects_bad_arguments(tmp_path, lgsr_folder):
     with pytest.raises(RetailSimInputError) as error:
         open_source(lgsr_folder, "lgsr", {"basket_id": "X"})
     assert_input_error(error, "--map", "generic")
+
+
+# --- streaming and duplicates -------------------------------------------------------------------------------
+
+
+def test_lgsr_reads_week_files_lazily(lgsr_folder):
+    (lgsr_folder / "transactions_200702.csv").write_text("not,an,lgsr,file\n")  # the last week is broken
+    weeks = open_source(lgsr_folder).weeks()
+    assert next(weeks)[0] == 1 and next(weeks)[0] == 2  # earlier weeks arrive before the bad file is read
+    with pytest.raises(RetailSimInputError):
+        next(weeks)
+
+
+def test_generic_parquet_reads_each_row_group_once_when_its_weeks_come(tmp_path, monkeypatch):
+    from retailsim.data.readers.generic import GenericSource
+
+    path = tmp_path / "lines.parquet"
+    pq.write_table(pa.table({"basket_id": [str(i) for i in range(8)], "customer_id": ["c"] * 8,
+                             "product_id": ["p"] * 8, "week": [1, 1, 2, 2, 3, 3, 4, 4]}), path, row_group_size=2)
+    source = open_source(path)
+    loaded = []
+    original = GenericSource._read_canonical
+    monkeypatch.setattr(GenericSource, "_read_canonical",
+                        lambda self, chunk: loaded.append(chunk.row_group) or original(self, chunk))
+    for week, _ in source.weeks():
+        assert loaded == list(range(week))  # nothing read ahead of its week, nothing read twice
+
+
+def test_lines_sharing_basket_and_product_but_not_identical_are_kept(tmp_path):
+    path = tmp_path / "orders.csv"
+    path.write_text("basket_id,customer_id,product_id,week,quantity,spend,hour\n"
+                    "1,a,x,1,1,2.0,10\n1,a,x,1,1,2.0,11\n1,a,x,1,1,2.0,10\n")
+    source = open_source(path)
+    (_, table), = read_all(source)
+    assert table.column("hour").to_pylist() == [10, 11]
+    assert source.counters.duplicate_lines == 1

@@ -148,22 +148,29 @@ def drop_nonpositive_quantity(table: pa.Table, counters: InputCounters) -> pa.Ta
 
 
 def collapse_duplicates(table: pa.Table, counters: InputCounters) -> pa.Table:
-    """Identical lines (every column equal) collapse to their first occurrence; row order is kept."""
+    """Identical lines (every column equal) collapse to their first occurrence; row order is kept.
+
+    Only lines that share (basket, product, quantity, spend) with another line can be identical, so the full
+    all-column comparison runs on those candidates alone (usually none or a few)."""
     if table.num_rows < 2:
         return table
-    prefilter = [c for c in _DUPLICATE_PREFILTER if c in table.column_names]
-    if prefilter:
-        distinct = table.select(prefilter).group_by(prefilter, use_threads=False).aggregate([])
-        if distinct.num_rows == table.num_rows:
-            return table
-    indexed = table.append_column("__row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
-    first = indexed.group_by(table.column_names, use_threads=False).aggregate([("__row", "min")])
-    n_duplicates = table.num_rows - first.num_rows
+    rows = np.arange(table.num_rows, dtype=np.int64)
+    prefilter = [c for c in _DUPLICATE_PREFILTER if c in table.column_names] or table.column_names
+    groups = table.select(prefilter).append_column("__row", pa.array(rows)).group_by(
+        prefilter, use_threads=False).aggregate([("__row", "list")]).column("__row_list")
+    if len(groups) == table.num_rows:
+        return table
+    shared = groups.filter(pc.greater(pc.list_value_length(groups), 1))
+    candidates = np.sort(pc.list_flatten(shared).to_numpy())
+    first = table.take(pa.array(candidates)).append_column("__row", pa.array(candidates)).group_by(
+        table.column_names, use_threads=False).aggregate([("__row", "min")])
+    n_duplicates = len(candidates) - first.num_rows
     if not n_duplicates:
         return table
     counters.duplicate_lines += n_duplicates
-    keep = np.sort(first.column("__row_min").to_numpy())
-    return table.take(pa.array(keep))
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[np.setdiff1d(candidates, first.column("__row_min").to_numpy())] = False
+    return table.filter(pa.array(keep))
 
 
 def finish_week(table: pa.Table, counters: InputCounters) -> pa.Table:
