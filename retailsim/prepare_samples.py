@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "basket_id=ORDER_ID,customer_id=USER_ID,week=WEEK")
     parser.add_argument("--n-products", type=int, default=schema.DEFAULT_N_PRODUCTS,
                         help="vocabulary size: the N most frequent training products get ids 1..N "
-                        "(PAD 0, UNK N+1, MASK N+2)")
+                        "(PAD 0, UNK N+1, MASK N+2); capped at the number of distinct training products")
     parser.add_argument("--split-weeks", default=None, metavar="TRAIN_END,VAL_END",
                         help="last training week and last validation week (ordinal, 1-based); default: the "
                         "68%%/13%%/19%% split, which is 80,95 for LGSR's 117 weeks")

@@ -1,7 +1,8 @@
 """Stage 1, pass 1: everything derived from data, computed from the training weeks only (SPEC 3.3).
 
 - product vocabulary: the ``n_products`` products in the most training baskets get ids 1..N, most frequent
-  first, ties broken by product id (string order); PAD 0, UNK N+1, MASK N+2 (``schema``);
+  first, ties broken by product id (string order); PAD 0, UNK N+1, MASK N+2 (``schema``). When training has
+  fewer distinct products than ``n_products``, N is that number (no dead logits);
 - per-product median log unit price (median of log(spend/quantity) to within 1e-3, i.e. 0.1 %);
 - customer ids 1..C for customers seen in training, in order of first training week then customer id;
 - store ids 1..S and store region ids 1..R, from training, in string order; 0 = unknown;
@@ -167,6 +168,7 @@ def _global_product_index(lines: WeekLines, product_index: dict, first_categorie
 def _finish(n_products, product_index, first_categories, basket_counts, medians, customer_ids, stores, regions,
             rows, baskets) -> TrainingStats:
     names = np.array(list(product_index), dtype=object)
+    n_products = max(1, min(n_products, len(names)))  # no logits for ids no training product holds
     # most baskets first; ties by product id (np.lexsort: last key is primary)
     order = np.lexsort((names.astype(str), -basket_counts)) if len(names) else np.zeros(0, np.int64)
     kept = order[:n_products]

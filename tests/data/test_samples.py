@@ -85,6 +85,7 @@ def test_product_first_seen_in_test_is_unk_and_test_prices_leave_medians_alone(t
     _, vocab, tables = run_stage1(tmp_path, source, n_products=50)
     baskets = by_basket(tables)
     unk = vocab["unk_id"]
+    assert vocab["n_products"] == 3 and unk == 4  # only A, B, C are sold in training: N is capped at 3
     assert "E" not in vocab["products"] and "D" not in vocab["products"]
     assert baskets["B7"]["items"][-1] == unk  # E appears in week 6 (test) only
     assert baskets["B6"]["items"][-1] == unk  # D appears in week 5 (validation) only
