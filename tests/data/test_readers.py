@@ -586,3 +586,13 @@ def test_lines_sharing_basket_and_product_but_not_identical_are_kept(tmp_path):
     (_, table), = read_all(source)
     assert table.column("hour").to_pylist() == [10, 11]
     assert source.counters.duplicate_lines == 1
+
+
+def test_generic_week_column_wins_and_timestamp_gives_weekday_and_hour(tmp_path):
+    path = tmp_path / "orders.csv"
+    path.write_text("basket_id,customer_id,product_id,week,timestamp,hour\n"
+                    "1,a,x,10,2017-01-01 09:30:00,21\n2,a,y,11,2017-01-04 18:00:00,22\n")
+    source = open_source(path)
+    assert source.columns == ("basket_id", "customer_id", "product_id", "week", "weekday", "hour")
+    rows = [table.to_pylist()[0] for _, table in read_all(source)]
+    assert [(r["week"], r["weekday"], r["hour"]) for r in rows] == [(1, 6, 21), (2, 2, 22)]  # own hour column kept

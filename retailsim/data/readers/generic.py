@@ -3,9 +3,10 @@
 ``mapping`` (the CLI's ``--map``) names the source column of a canonical column; columns already named
 canonically map to themselves. Required: basket_id, customer_id, product_id and one notion of time, taken in
 this order of preference (timekeys.py says how each becomes an ordinal week):
-``week`` (with ``weekday``/``hour`` if present), else ``timestamp`` (weekday and hour derived), else
-``order_number`` per customer (optionally with ``days_since_prior_order``). Every other canonical column is
-optional and simply absent from ``columns`` when the source lacks it.
+``week``, else ``timestamp``, else ``order_number`` per customer (optionally with ``days_since_prior_order``).
+``weekday`` (0 = Monday) and ``hour`` come from their own columns when present, else from ``timestamp`` when
+there is one. Every other canonical column is optional and simply absent from ``columns`` when the source lacks
+it (no price -> no quantity/spend, no store -> no store_id, no hierarchy -> no category_*).
 
 Streaming: the input is cut into chunks (a CSV file, or one Parquet row group). Opening the source reads only
 the time columns of every chunk, to learn each chunk's first and last week; ``weeks()`` then reads each chunk
@@ -93,8 +94,15 @@ class GenericSource:
         self.files = discover_files(self.path)
         self.sources = self._resolve_columns()
         self.time_mode = next(name for name in ("week", "timestamp", "order_number") if name in self.sources)
-        derived = ("weekday", "hour") if self.time_mode == "timestamp" else ()
-        present = set(self.sources) | {"week"} | set(derived)
+        self.derived = tuple(name for name in ("weekday", "hour")
+                             if name not in self.sources and "timestamp" in self.sources)
+        unused = {"week": ("order_number", "days_since_prior_order"), "timestamp": ("order_number",
+                  "days_since_prior_order"), "order_number": ()}[self.time_mode]
+        if self.time_mode != "timestamp" and not self.derived:
+            unused += ("timestamp",)
+        for name in unused:  # time columns that will not be used are not read
+            self.sources.pop(name, None)
+        present = set(self.sources) | {"week"} | set(self.derived)
         self.columns = tuple(c.name for c in CANONICAL_COLUMNS if c.name in present)
         self.counters = InputCounters()
         self.chunks = self._chunks()
@@ -238,17 +246,18 @@ class GenericSource:
             week = timekeys.lookup(table.column("week"), self._week_lookup)
             table = table.set_column(table.column_names.index("week"), "week", week)
         elif self.time_mode == "timestamp":
-            stamps = table.column("timestamp")
-            week = (timekeys.monday_day_numbers(stamps) - self._first_monday) // 7 + 1
+            week = (timekeys.monday_day_numbers(table.column("timestamp")) - self._first_monday) // 7 + 1
             table = table.append_column("week", pa.array(week))
-            table = table.append_column("weekday", pc.cast(pc.day_of_week(stamps), pa.int64()))
-            table = table.append_column("hour", pc.cast(pc.hour(stamps), pa.int64()))
         else:
             table = table.append_column("sequence", self._sequence_keys(table))
             table = table.append_column("__row", pa.array(np.arange(table.num_rows)))
             table = table.join(self._order_weeks, ["sequence", "order_number"], use_threads=False)
             table = table.take(pc.sort_indices(table.column("__row")))
-        table = table.select([name for name in self.columns])
+        if "weekday" in self.derived:
+            table = table.append_column("weekday", pc.cast(pc.day_of_week(table.column("timestamp")), pa.int64()))
+        if "hour" in self.derived:
+            table = table.append_column("hour", pc.cast(pc.hour(table.column("timestamp")), pa.int64()))
+        table = table.select(list(self.columns))
         order = np.argsort(table.column("week").to_numpy(), kind="stable")
         return table.take(pa.array(order))
 
