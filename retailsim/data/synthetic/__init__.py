@@ -75,7 +75,9 @@ class GenerationSummary:
         ]
 
 
-def generate(config: GeneratorConfig, out: Path, *, overwrite: bool = False, progress: bool = True) -> GenerationSummary:
+def generate(
+    config: GeneratorConfig, out: Path, *, overwrite: bool = False, progress: bool = True
+) -> GenerationSummary:
     """Write the synthetic data set to ``out`` (replaced whole at the end; nothing is left on failure)."""
     config.validate()
     out = Path(out)
