@@ -1,8 +1,11 @@
 """The autograd Function of the contrastive loss, shared by the Triton and the chunked PyTorch paths.
 
 The backend is chosen by the caller before ``apply`` (SPEC 6.1) and passed in as ``impl``: a module with
-``forward(a, c, index, scale, want_anchor_grad, unit_weight) -> (lse, positive_score, O, G_unit)`` and
-``candidate_grad(a, c, index, scale, lse, row_weight) -> G``, and a flag ``KEEPS_INPUT_DTYPE``.
+``forward(a, c, index, scale, want_anchor_grad, unit_weight) -> (m, l, positive_score, O, G_unit)`` and
+``candidate_grad(a, c, index, scale, m, l, row_weight) -> G``, and a flag ``KEEPS_INPUT_DTYPE``; m_i and l_i
+are the max and the sum of exp(s_ij - m_i) over anchor i's allowed candidates, so that
+  loss_i = (m_i - s_ip) + log l_i
+needs no difference of two large log-sum-exps (for a confident anchor m_i and s_ip are the same float).
 Here live what both share: normalisation (and its backward), the reduction, and the chain rule
   dL/da_i = scale * w_i * (O_i - c_{p_i}),   dL/dc_j = scale * G_j,   G_j = sum_i w_i (P_ij - [j = p_i]) a_i,
 where w_i is the upstream gradient of loss_i (0 for ignored anchors). Nothing of size N x M is kept.
@@ -53,10 +56,8 @@ class ContrastiveLossFunction(torch.autograd.Function):
         work_dtype = torch.float64 if anchors.dtype == torch.float64 else torch.float32
         operand_dtype = anchors.dtype if impl.KEEPS_INPUT_DTYPE else work_dtype
         scale = 1.0 / temperature
-        a_unit, _ = _normalized(anchors, work_dtype, normalize)                     # (N, D)
-        c_unit, _ = _normalized(candidates, work_dtype, normalize)                  # (M, D)
-        a_op = a_unit.to(operand_dtype).contiguous()
-        c_op = c_unit.to(operand_dtype).contiguous()
+        a_op = _normalized(anchors, work_dtype, normalize)[0].to(operand_dtype).contiguous()  # (N, D)
+        c_op = _normalized(candidates, work_dtype, normalize)[0].to(operand_dtype).contiguous()  # (M, D)
         valid = index.positive_index >= 0                                            # (N,)
 
         want_anchor_grad = ctx.needs_input_grad[0]
@@ -64,23 +65,25 @@ class ContrastiveLossFunction(torch.autograd.Function):
         # With a scalar reduction every w_i is the same number times valid_i: the torch path can then fold the
         # candidate gradient into its forward pass and the backward only scales it.
         unit_weight = valid.to(work_dtype) if want_candidate_grad and reduction != "none" else None
-        lse, positive_score, weighted, candidate_grad_unit = impl.forward(
+        row_max, row_sum, positive_score, weighted, candidate_grad_unit = impl.forward(
             a_op, c_op, index, scale, want_anchor_grad, unit_weight)
-        lse = torch.where(valid, lse, torch.zeros_like(lse))                         # (N,), finite
-        loss_rows = torch.where(valid, lse - positive_score, torch.zeros_like(lse))  # (N,)
+        row_max = torch.where(valid, row_max, torch.zeros_like(row_max))             # (N,), finite
+        row_sum = torch.where(valid, row_sum, torch.ones_like(row_sum))              # (N,), > 0
+        loss_rows = torch.where(valid, (row_max - positive_score) + torch.log(row_sum),
+                                torch.zeros_like(row_max))                           # (N,)
         loss = reduce_rows(loss_rows, valid, reduction)
 
         ctx.impl, ctx.scale, ctx.normalize, ctx.reduction = impl, scale, normalize, reduction
         ctx.index = index
         ctx.input_dtypes = (anchors.dtype, candidates.dtype)
-        ctx.save_for_backward(anchors, candidates, lse, weighted, candidate_grad_unit)
+        ctx.save_for_backward(anchors, candidates, row_max, row_sum, weighted, candidate_grad_unit)
         return loss.to(anchors.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
-        anchors, candidates, lse, weighted, candidate_grad_unit = ctx.saved_tensors
+        anchors, candidates, row_max, row_sum, weighted, candidate_grad_unit = ctx.saved_tensors
         index, scale, impl = ctx.index, ctx.scale, ctx.impl
-        work_dtype = lse.dtype
+        work_dtype = row_max.dtype
         operand_dtype = anchors.dtype if impl.KEEPS_INPUT_DTYPE else work_dtype
         a_unit, a_norm = _normalized(anchors, work_dtype, ctx.normalize)
         c_unit, c_norm = _normalized(candidates, work_dtype, ctx.normalize)
@@ -105,6 +108,7 @@ class ContrastiveLossFunction(torch.autograd.Function):
                 grad_c_unit = (scale * per_row_factor) * candidate_grad_unit         # (M, D)
             else:
                 a_op = a_unit.to(operand_dtype).contiguous()
-                grad_c_unit = scale * impl.candidate_grad(a_op, c_op, index, scale, lse, row_weight)
+                grad_c_unit = scale * impl.candidate_grad(a_op, c_op, index, scale, row_max, row_sum,
+                                                           row_weight)
             grad_candidates = _normalize_backward(grad_c_unit, c_unit, c_norm).to(ctx.input_dtypes[1])
         return grad_anchors, grad_candidates, None, None, None, None, None

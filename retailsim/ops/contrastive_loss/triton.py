@@ -2,11 +2,11 @@
 
 Notation: a_i (N, D) and c_j (M, D) are the (normalised) operands, s_ij = scale * a_i . c_j with
 scale = 1/temperature, A(i) = { j : j = p_i, or group_j != group_i and label_j != label_{p_i} } the
-candidates in anchor i's sum, LSE_i = log sum_{j in A(i)} exp(s_ij), P_ij = exp(s_ij - LSE_i) on A(i), and
-loss_i = LSE_i - s_{i p_i}.
+candidates in anchor i's sum, m_i = max_{j in A(i)} s_ij, l_i = sum_{j in A(i)} exp(s_ij - m_i),
+P_ij = exp(s_ij - m_i) / l_i on A(i), and loss_i = (m_i - s_{i p_i}) + log l_i.
 
 Two kernels, four matrix products in all (the S recomputation included):
-  forward  (anchor-major): LSE_i, s_{i p_i} and O_i = sum_j P_ij c_j, the softmax-weighted candidates.
+  forward  (anchor-major): m_i, l_i, s_{i p_i} and O_i = sum_j P_ij c_j, the softmax-weighted candidates.
            With O the anchor gradient needs no second pass: dL/da_i = scale * w_i * (O_i - c_{p_i}).
   backward (candidate-major): G_j = sum_i w_i (P_ij - [j = p_i]) a_i, so dL/dc_j = scale * G_j. Each program
            owns its candidate rows and loops over anchors: no atomics, deterministic.
@@ -24,29 +24,40 @@ KEEPS_INPUT_DTYPE = True  # bf16/fp16 operands go to tl.dot as they are; accumul
 
 # Kernels may read module globals only when they are constexpr.
 LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
 M_INIT = tl.constexpr(-1.0e30)  # finite running-max start: a block with no allowed candidate then gives exp2(-inf) = 0, not NaN
+
+
+@triton.jit
+def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """a @ b with fp32 (fp64) accumulation. UPCAST: the Triton interpreter multiplies bf16 blocks wrongly
+    (it treats their bits as integers, Triton 3.9), so there the operands are widened first, which gives the
+    same exact bf16 x bf16 products the tensor cores form."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PRECISION)
 
 
 @triton.jit(do_not_specialize=["N", "M", "blocks_per_split"])
 def _contrastive_fwd_kernel(
     a_ptr, c_ptr, positive_ptr, anchor_group_ptr, candidate_group_ptr, candidate_label_ptr, positive_label_ptr,
-    lse_ptr, positive_score_ptr, weighted_ptr,
+    row_max_ptr, row_sum_ptr, positive_score_ptr, weighted_ptr,
     N, M, D, stride_a, stride_c, blocks_per_split, scale,
-    HAS_LABEL: tl.constexpr, WANT_WEIGHTED: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_LABEL: tl.constexpr, WANT_WEIGHTED: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Online log-sum-exp over candidate blocks for one block of anchors.
 
     Computes, for anchors i of block program_id(0) and candidates j of split program_id(1):
-      m_i, l_i  running max / sum of exp2(s_ij * log2 e) over j in A(i)   (flash-attention recurrence)
-      O_i       running sum of exp2(...) c_j[d-chunk program_id(2)], rescaled with m_i
+      m_i, l_i  running max of s_ij and sum of exp(s_ij - m_i) over j in A(i)  (flash-attention recurrence)
+      O_i       running sum of exp(s_ij - m_i) c_j[d-chunk program_id(2)], rescaled as m_i grows
       s_{i p_i} picked out of the score block where j = p_i (exactly one split sees it)
-    and writes, per split, LSE = (m + log2 l) ln 2 (-inf when the split holds nothing of A(i)), O / l and the
-    positive score. Grid: (cdiv(N, BLOCK_N), splits, cdiv(D, BLOCK_D) if WANT_WEIGHTED else 1).
+    and writes, per split, m (M_INIT, l = 0 when the split holds nothing of A(i)), l, O / l and the positive
+    score. m stays in natural units (not log2) so that loss_i = (m_i - s_ip) + log l_i is exact to rounding of
+    log l_i: for a confident anchor m_i and s_ip are the same float, and no cancellation of two large LSE terms
+    happens. Grid: (cdiv(N, BLOCK_N), splits, cdiv(D, BLOCK_D) if WANT_WEIGHTED else 1).
     """
     i_n, i_s, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    acc_dtype = lse_ptr.dtype.element_ty
+    acc_dtype = row_sum_ptr.dtype.element_ty
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     o_k = tl.arange(0, BLOCK_K)
@@ -77,7 +88,7 @@ def _contrastive_fwd_kernel(
             m_k = o_kk < D
             b_a = tl.load(p_a_rows + o_kk[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
             b_c = tl.load(p_c_rows + o_kk[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
-            b_scores += tl.dot(b_a, tl.trans(b_c), input_precision=PRECISION)
+            b_scores += _dot(b_a, tl.trans(b_c), PRECISION, UPCAST)
         b_scores = b_scores * scale
 
         b_is_positive = o_m[None, :] == b_positive[:, None]
@@ -88,26 +99,24 @@ def _contrastive_fwd_kernel(
             b_keep = b_keep & (b_candidate_label[None, :] != b_positive_label[:, None])
         b_allowed = (b_keep | b_is_positive) & m_m[None, :] & b_valid[:, None]
 
-        b_log2 = tl.where(b_allowed, b_scores * LOG2E, float("-inf"))
-        b_max_new = tl.maximum(b_max, tl.max(b_log2, axis=1))
-        b_rescale = tl.exp2(b_max - b_max_new)
-        b_p = tl.exp2(b_log2 - b_max_new[:, None])
+        b_masked = tl.where(b_allowed, b_scores, float("-inf"))
+        b_max_new = tl.maximum(b_max, tl.max(b_masked, axis=1))
+        b_rescale = tl.exp2((b_max - b_max_new) * LOG2E)
+        b_p = tl.exp2((b_masked - b_max_new[:, None]) * LOG2E)
         b_sum = b_sum * b_rescale + tl.sum(b_p, axis=1)
         b_positive_score += tl.sum(tl.where(b_is_positive & m_m[None, :], b_scores, 0.0), axis=1)
         if WANT_WEIGHTED:
             b_c_out = tl.load(p_c_rows + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)
-            b_weighted = b_weighted * b_rescale[:, None] + tl.dot(
-                b_p.to(b_c_out.dtype), b_c_out, input_precision=PRECISION)
+            b_weighted = b_weighted * b_rescale[:, None] + _dot(b_p.to(b_c_out.dtype), b_c_out, PRECISION, UPCAST)
         b_max = b_max_new
 
-    b_has_any = b_sum > 0
-    b_lse = tl.where(b_has_any, (b_max + tl.log2(tl.where(b_has_any, b_sum, 1.0))) * LN2, float("-inf"))
     o_part = i_s.to(tl.int64) * N + o_n
-    if i_d == 0:  # every D-chunk computed the same LSE; the first one writes it
-        tl.store(lse_ptr + o_part, b_lse, mask=m_n)
+    if i_d == 0:  # every D-chunk computed the same m and l; the first one writes them
+        tl.store(row_max_ptr + o_part, b_max, mask=m_n)
+        tl.store(row_sum_ptr + o_part, b_sum, mask=m_n)
         tl.store(positive_score_ptr + o_part, b_positive_score, mask=m_n)
     if WANT_WEIGHTED:
-        b_weighted = b_weighted / tl.where(b_has_any, b_sum, 1.0)[:, None]
+        b_weighted = b_weighted / tl.where(b_sum > 0, b_sum, 1.0)[:, None]
         p_weighted = weighted_ptr + o_part[:, None] * D + o_d[None, :]
         tl.store(p_weighted, b_weighted, mask=m_n[:, None] & m_d[None, :])
 
@@ -115,17 +124,17 @@ def _contrastive_fwd_kernel(
 @triton.jit(do_not_specialize=["N", "M", "blocks_per_split"])
 def _contrastive_bwd_candidate_kernel(
     a_ptr, c_ptr, positive_ptr, anchor_group_ptr, candidate_group_ptr, candidate_label_ptr, positive_label_ptr,
-    lse_ptr, row_weight_ptr, grad_ptr,
+    row_max_ptr, inv_row_sum_ptr, row_weight_ptr, grad_ptr,
     N, M, D, stride_a, stride_c, blocks_per_split, scale,
-    HAS_LABEL: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_LABEL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Candidate gradient by recomputation: G_j = sum_i dS_ij a_i with dS_ij = w_i (P_ij - [j = p_i]).
 
     Derivation: L = sum_i w_i loss_i (w_i = upstream gradient times the reduction's weight, 0 for ignored
     anchors); d loss_i / d s_ij = P_ij - [j = p_i] on A(i) and 0 elsewhere; s_ij = scale a_i . c_j, so
-    dL/dc_j = scale * G_j (the launcher's caller applies scale). P_ij = exp2((s_ij - LSE_i) log2 e) comes
-    from the stored LSE, so one pass suffices. Grid: (cdiv(M, BLOCK_M), splits over anchor blocks,
+    dL/dc_j = scale * G_j (the launcher's caller applies scale). P_ij = exp(s_ij - m_i) / l_i comes from
+    the forward's stored m_i and 1 / l_i, so one pass suffices. Grid: (cdiv(M, BLOCK_M), splits over anchor blocks,
     cdiv(D, BLOCK_D)); each program writes its own rows of its split's partial G, never another's.
     """
     i_m, i_s, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -150,29 +159,32 @@ def _contrastive_bwd_candidate_kernel(
         p_a_rows = a_ptr + o_n.to(tl.int64)[:, None] * stride_a
         b_positive = tl.load(positive_ptr + o_n, mask=m_n, other=-1)
         b_anchor_group = tl.load(anchor_group_ptr + o_n, mask=m_n, other=0)
-        b_lse = tl.load(lse_ptr + o_n, mask=m_n, other=0.0)
+        b_row_max = tl.load(row_max_ptr + o_n, mask=m_n, other=0.0)
+        b_inv_row_sum = tl.load(inv_row_sum_ptr + o_n, mask=m_n, other=0.0)
         b_row_weight = tl.load(row_weight_ptr + o_n, mask=m_n, other=0.0)
 
-        b_scores_t = tl.zeros([BLOCK_M, BLOCK_N], dtype=acc_dtype)  # s_ij transposed: candidates x anchors
+        # Scores in the forward's orientation (anchors x candidates, same K loop), so that the recomputed s_ij
+        # are the forward's floats and P_ip = exp(s_ip - m_i) / l_i is exactly 1 / l_i for a confident anchor.
+        b_scores = tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_dtype)
         for start_k in range(0, D, BLOCK_K):
             o_kk = start_k + o_k
             m_k = o_kk < D
-            b_c = tl.load(p_c_rows + o_kk[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
             b_a = tl.load(p_a_rows + o_kk[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
-            b_scores_t += tl.dot(b_c, tl.trans(b_a), input_precision=PRECISION)
-        b_scores_t = b_scores_t * scale
+            b_c = tl.load(p_c_rows + o_kk[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
+            b_scores += _dot(b_a, tl.trans(b_c), PRECISION, UPCAST)
+        b_scores = b_scores * scale
 
-        b_is_positive = o_m[:, None] == b_positive[None, :]
-        b_keep = b_candidate_group[:, None] != b_anchor_group[None, :]
+        b_is_positive = o_m[None, :] == b_positive[:, None]
+        b_keep = b_candidate_group[None, :] != b_anchor_group[:, None]
         if HAS_LABEL:
             b_positive_label = tl.load(positive_label_ptr + o_n, mask=m_n, other=0)
-            b_keep = b_keep & (b_candidate_label[:, None] != b_positive_label[None, :])
-        b_allowed = (b_keep | b_is_positive) & m_m[:, None] & (b_positive >= 0)[None, :]
+            b_keep = b_keep & (b_candidate_label[None, :] != b_positive_label[:, None])
+        b_allowed = (b_keep | b_is_positive) & m_m[None, :] & (b_positive >= 0)[:, None]
 
-        b_p = tl.where(b_allowed, tl.exp2((b_scores_t - b_lse[None, :]) * LOG2E), 0.0)
-        b_d_scores_t = b_row_weight[None, :] * (b_p - tl.where(b_is_positive, 1.0, 0.0))
+        b_p = tl.where(b_allowed, tl.exp2((b_scores - b_row_max[:, None]) * LOG2E) * b_inv_row_sum[:, None], 0.0)
+        b_d_scores = b_row_weight[:, None] * (b_p - tl.where(b_is_positive, 1.0, 0.0))
         b_a_out = tl.load(p_a_rows + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
-        b_grad += tl.dot(b_d_scores_t.to(b_a_out.dtype), b_a_out, input_precision=PRECISION)
+        b_grad += _dot(tl.trans(b_d_scores.to(b_a_out.dtype)), b_a_out, PRECISION, UPCAST)
 
     p_grad = grad_ptr + (i_s.to(tl.int64) * M + o_m)[:, None] * D + o_d[None, :]
     tl.store(p_grad, b_grad, mask=m_m[:, None] & m_d[None, :])
@@ -227,6 +239,10 @@ def _precision(operand: torch.Tensor) -> str:
     return "ieee"
 
 
+def _upcast(operand: torch.Tensor) -> bool:
+    return operand.device.type != "cuda" and operand.dtype == torch.bfloat16
+
+
 def _splits(config: dict, programs: int, loop_blocks: int, device: torch.device) -> int:
     """How many ways to split the loop so that programs x splits roughly fills the GPU once."""
     if config["splits"] is not None:
@@ -247,10 +263,11 @@ def _split_plan(config, programs, loop_length, block, device):
 
 
 def forward(a_op, c_op, index, scale: float, want_anchor_grad: bool, unit_weight=None):
-    """Per anchor: LSE (-inf where ignored), positive score and, if asked, O_i = sum_j P_ij c_j.
+    """Per anchor: max m_i and sum l_i of the allowed scores (m = M_INIT, l = 0 where ignored), the positive
+    score and, if asked, O_i = sum_j P_ij c_j.
 
-    Returns ``(lse, positive_score, weighted_candidates or None, None)``: the candidate gradient always
-    needs the second kernel (a row of P is only known once the anchor's whole loop is done), so
+    Returns ``(row_max, row_sum, positive_score, weighted_candidates or None, None)``: the candidate gradient
+    always needs the second kernel (a row of P is only known once the anchor's whole loop is done), so
     ``unit_weight`` is not used here.
     """
     num_anchors, dim = a_op.shape
@@ -261,10 +278,10 @@ def forward(a_op, c_op, index, scale: float, want_anchor_grad: bool, unit_weight
     d_chunks = triton.cdiv(dim, config["BLOCK_D"]) if want_anchor_grad else 1
     splits, blocks_per_split = _split_plan(config, anchor_blocks * d_chunks, num_candidates,
                                            config["BLOCK_M"], a_op.device)
-    lse = torch.empty(splits, num_anchors, device=a_op.device, dtype=acc_dtype)                  # (S, N)
-    positive_score = torch.empty(splits, num_anchors, device=a_op.device, dtype=acc_dtype)       # (S, N)
+    row_max, row_sum, positive_score = torch.empty(3, splits, num_anchors, device=a_op.device,
+                                                   dtype=acc_dtype)                               # (S, N) each
     weighted = (torch.empty(splits, num_anchors, dim, device=a_op.device, dtype=acc_dtype)       # (S, N, D)
-                if want_anchor_grad else lse)
+                if want_anchor_grad else row_sum)
     has_label = index.candidate_label is not None
     if num_anchors > 0:
         _contrastive_fwd_kernel[(anchor_blocks, splits, d_chunks)](
@@ -272,26 +289,30 @@ def forward(a_op, c_op, index, scale: float, want_anchor_grad: bool, unit_weight
             candidate_group_ptr=index.candidate_group,
             candidate_label_ptr=index.candidate_label if has_label else index.candidate_group,
             positive_label_ptr=index.positive_label if has_label else index.anchor_group,
-            lse_ptr=lse, positive_score_ptr=positive_score, weighted_ptr=weighted,
+            row_max_ptr=row_max, row_sum_ptr=row_sum, positive_score_ptr=positive_score, weighted_ptr=weighted,
             N=num_anchors, M=num_candidates, D=dim, stride_a=a_op.stride(0), stride_c=c_op.stride(0),
             blocks_per_split=blocks_per_split, scale=scale,
-            HAS_LABEL=has_label, WANT_WEIGHTED=want_anchor_grad, PRECISION=_precision(a_op),
+            HAS_LABEL=has_label, WANT_WEIGHTED=want_anchor_grad, PRECISION=_precision(a_op), UPCAST=_upcast(a_op),
             BLOCK_N=config["BLOCK_N"], BLOCK_M=config["BLOCK_M"], BLOCK_K=config["BLOCK_K"],
             BLOCK_D=config["BLOCK_D"], num_warps=config["num_warps"], num_stages=config["num_stages"],
         )
     if splits == 1:
-        return lse[0], positive_score[0], weighted[0] if want_anchor_grad else None, None
-    # Merge the splits' log-sum-exps; a split that held none of A(i) has LSE -inf and weight 0.
-    total = torch.logsumexp(lse, dim=0)                                                           # (N,)
-    finite_total = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
-    split_weight = torch.exp(lse - finite_total)                                                  # (S, N)
+        return row_max[0], row_sum[0], positive_score[0], weighted[0] if want_anchor_grad else None, None
+    # Merge the splits: a split holding none of A(i) has m = M_INIT and l = 0, so it weighs nothing.
+    total_max = row_max.max(dim=0).values                                                         # (N,)
+    split_sum = row_sum * torch.exp(row_max - total_max)                                          # (S, N)
+    total_sum = split_sum.sum(dim=0)                                                              # (N,)
     weighted_total = None
-    if want_anchor_grad:
-        weighted_total = (split_weight[:, :, None] * weighted).sum(dim=0)                         # (N, D)
-    return total, positive_score.sum(dim=0), weighted_total, None
+    if want_anchor_grad:  # accumulated split by split (fixed order, no (S, N, D) temporary)
+        split_weight = split_sum / torch.where(total_sum > 0, total_sum, torch.ones_like(total_sum))
+        weighted_total = weighted[0] * split_weight[0, :, None]                                   # (N, D)
+        for split in range(1, splits):
+            weighted_total.addcmul_(weighted[split], split_weight[split, :, None])
+    return total_max, total_sum, positive_score.sum(dim=0), weighted_total, None
 
 
-def candidate_grad(a_op, c_op, index, scale: float, lse: torch.Tensor, row_weight: torch.Tensor) -> torch.Tensor:
+def candidate_grad(a_op, c_op, index, scale: float, row_max: torch.Tensor, row_sum: torch.Tensor,
+                   row_weight: torch.Tensor) -> torch.Tensor:
     """(M, D): G_j = sum_i w_i (P_ij - [j = p_i]) a_i, in float32 (float64 for float64 operands)."""
     num_anchors, dim = a_op.shape
     num_candidates = c_op.shape[0]
@@ -310,11 +331,12 @@ def candidate_grad(a_op, c_op, index, scale: float, lse: torch.Tensor, row_weigh
         candidate_group_ptr=index.candidate_group,
         candidate_label_ptr=index.candidate_label if has_label else index.candidate_group,
         positive_label_ptr=index.positive_label if has_label else index.anchor_group,
-        lse_ptr=lse.to(acc_dtype).contiguous(), row_weight_ptr=row_weight.to(acc_dtype).contiguous(),
+        row_max_ptr=row_max.to(acc_dtype).contiguous(), inv_row_sum_ptr=(1.0 / row_sum).to(acc_dtype).contiguous(),
+        row_weight_ptr=row_weight.to(acc_dtype).contiguous(),
         grad_ptr=grad,
         N=num_anchors, M=num_candidates, D=dim, stride_a=a_op.stride(0), stride_c=c_op.stride(0),
         blocks_per_split=blocks_per_split, scale=scale,
-        HAS_LABEL=has_label, PRECISION=_precision(a_op),
+        HAS_LABEL=has_label, PRECISION=_precision(a_op), UPCAST=_upcast(a_op),
         BLOCK_N=config["BLOCK_N"], BLOCK_M=config["BLOCK_M"], BLOCK_K=config["BLOCK_K"],
         BLOCK_D=config["BLOCK_D"], num_warps=config["num_warps"], num_stages=config["num_stages"],
     )
