@@ -42,7 +42,19 @@ def assert_low_precision_close(actual, same_dtype_reference, reference64, what: 
     error = rel_err(actual, reference64)
     assert error <= bound, f"{what}: relative error {error:.3e} > {bound:.3e} (reference {baseline:.3e})"
 
+# focal_loss: gradcheck of the hand-written focal gradients in float64 (the Triton path's helper series for
+# expm1/log1p are exact to ~1e-9 relative, well inside these).
+FOCAL_GRADCHECK_ATOL = 1e-6
+FOCAL_GRADCHECK_RTOL = 1e-4
+# How far the confident-logit case must push a naive 1 - exp(-ce) past the fp32 bound for the test to mean
+# something (the test asserts the naive form fails by at least this factor).
+FOCAL_NAIVE_FAILS_FACTOR = 10.0
+
 # contrastive_loss: float64 gradcheck of the hand-written backward (both paths are exact up to float64
 # rounding of O(N M D) sums, far inside these).
 CONTRASTIVE_GRADCHECK_ATOL = 1e-6
 CONTRASTIVE_GRADCHECK_RTOL = 1e-4
+
+# selective_scan: gradients that sum a million products (dA, dB over batch·dim·L) in float32, and the
+# extreme-Δ case (4097 steps, Δ from 1e-4 to 1e2), keep this much of float32's precision.
+SCAN_EXTREME_REL_ERR = 1e-4
