@@ -137,3 +137,21 @@ def test_failure_while_writing_removes_the_temporary_folder(hand_cache, monkeypa
         verb("prepare_tensor_cache", "--samples", hand_cache / "s", "--out", hand_cache / "c", "--overwrite", "--quiet")
     assert (hand_cache / "c" / "cache.json").exists()  # the previous cache is untouched
     assert not [p for p in hand_cache.iterdir() if p.name.startswith(".")]
+
+
+def test_retailsim_command_runs_both_verbs_and_documents_every_flag(tmp_path, capsys):
+    from retailsim.cli import main
+
+    write_lgsr_folder(tmp_path / "raw")
+    assert main(["prepare-samples", "--input", str(tmp_path / "raw"), "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    assert main(["prepare-tensor-cache", "--samples", str(tmp_path / "s"), "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    summary = capsys.readouterr().out
+    assert "prepare-samples: 15 rows -> 10 baskets" in summary and "prepare-tensor-cache: 10 baskets" in summary
+    for verb_name, flags in (("prepare-samples", ("--input", "--out", "--format", "--map", "--n-products",
+                                                  "--split-weeks", "--overwrite", "--quiet")),
+                             ("prepare-tensor-cache", ("--samples", "--out", "--overwrite", "--quiet"))):
+        with pytest.raises(SystemExit):
+            main([verb_name, "--help"])
+        text = capsys.readouterr().out
+        assert all(flag in text for flag in flags)
+        assert verb_name != "prepare-samples" or "(default: 5000)" in text
