@@ -139,6 +139,8 @@ def compute_training_stats(source, train_end: int, n_products: int, show_progres
         stores.update(s for s in (lines.basket_strings("store_id") or []) if s is not None)
         regions.update(r for r in (lines.basket_strings("store_region") or []) if r is not None)
         bar.update(1)
+        if week == train_end:
+            break  # not even reading the first validation week
     bar.close()
     return _finish(
         n_products, product_index, product_first_categories, basket_counts, prices.medians(len(product_index)),
