@@ -3,6 +3,8 @@
 where written) and PyTorch paths chosen by :mod:`retailsim.ops.backend`.
 """
 from retailsim.ops.backend import backend_info, get_backend, set_backend
+from retailsim.ops.causal_conv import causal_conv1d  # noqa: F401
+from retailsim.ops.selective_scan import selective_scan  # noqa: F401
 from retailsim.ops.contrastive_loss import contrastive_loss
 
 __all__ = ["backend_info", "get_backend", "set_backend"]

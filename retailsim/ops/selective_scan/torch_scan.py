@@ -5,7 +5,8 @@ in bulk (chunk, batch, groups, dim/groups, N), the recurrence runs one fused mul
 contiguous (batch, dim, N) slice, and C·h is reduced in bulk. Forward keeps only the state at each chunk
 start; backward walks the chunks in reverse, recomputes that chunk's states from its checkpoint and runs the
 adjoint recurrence g_t = C_t dy_t + exp(Δ_{t+1} A) g_{t+1} the same way. Memory is
-O(batch·dim·N·chunk) plus the checkpoints; everything is float32 (no float64: MPS has none).
+O(batch·dim·N·chunk) plus the checkpoints; everything is float32 (no float64: MPS has none), except for
+float64 inputs, which compute in float64 so that the backward can be gradchecked.
 
 Launcher contract (shared with the Triton and C++ paths):
   ``selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> (out, last_state, saved)``
@@ -18,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from retailsim.ops.selective_scan.reference import compute_dtype
+
 # Elements of one chunk's (chunk, batch, dim, N) work tensors: about 16 MB each in float32.
 CHUNK_ELEMENTS = 1 << 22
 SOFTPLUS_THRESHOLD = 20.0
@@ -27,30 +30,31 @@ def chunk_length(batch: int, dim: int, dstate: int, length: int) -> int:
     return max(1, min(length, CHUNK_ELEMENTS // max(1, batch * dim * dstate)))
 
 
-def _grouped(BC: torch.Tensor) -> torch.Tensor:
-    """(batch, N, L) or (batch, groups, N, L) -> float32 (L, batch, groups, 1, N)."""
+def _grouped(BC: torch.Tensor, work: torch.dtype) -> torch.Tensor:
+    """(batch, N, L) or (batch, groups, N, L) -> (L, batch, groups, 1, N) in the work dtype."""
     if BC.dim() == 3:
         BC = BC.unsqueeze(1)
-    return BC.float().permute(3, 0, 1, 2).unsqueeze(3)
+    return BC.to(work).permute(3, 0, 1, 2).unsqueeze(3)
 
 
 def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     batch, dim, length = u.shape
+    work = compute_dtype(u.dtype)
     groups = B.shape[1] if B.dim() == 4 else (C.shape[1] if C.dim() == 4 else 1)
     per_group = dim // groups
     shape = (length, batch, groups, per_group)
     # Step-major layouts: a step's slice is contiguous (batch, groups, dim/groups).
-    u_t = u.float().permute(2, 0, 1).reshape(shape)                         # (L, batch, G, dim/G)
-    pre = delta.float()
+    u_t = u.to(work).permute(2, 0, 1).reshape(shape)                         # (L, batch, G, dim/G)
+    pre = delta.to(work)
     if delta_bias is not None:
-        pre = pre + delta_bias.float()[:, None]
+        pre = pre + delta_bias.to(work)[:, None]
     delta_t = (F.softplus(pre) if delta_softplus else pre).permute(2, 0, 1).reshape(shape)
-    A_g = A.float().reshape(groups, per_group, -1)                          # (G, dim/G, N)
+    A_g = A.to(work).reshape(groups, per_group, -1)                          # (G, dim/G, N)
     return dict(
-        batch=batch, dim=dim, length=length, groups=groups, per_group=per_group, shape=shape,
-        u=u_t, delta=delta_t, pre=pre, A=A_g, B=_grouped(B), C=_grouped(C),
-        D=None if D is None else D.float().reshape(groups, per_group),
-        z=None if z is None else z.float().permute(2, 0, 1).reshape(shape),
+        work=work, batch=batch, dim=dim, length=length, groups=groups, per_group=per_group, shape=shape,
+        u=u_t, delta=delta_t, pre=pre, A=A_g, B=_grouped(B, work), C=_grouped(C, work),
+        D=None if D is None else D.to(work).reshape(groups, per_group),
+        z=None if z is None else z.to(work).permute(2, 0, 1).reshape(shape),
     )
 
 
@@ -84,8 +88,8 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     p = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     batch, dim, length, dstate = p["batch"], p["dim"], p["length"], A.shape[1]
     chunk = chunk_length(batch, dim, dstate, length)
-    out_t = torch.empty(p["shape"], dtype=torch.float32, device=u.device)  # (L, batch, G, dim/G)
-    state = torch.zeros(batch, p["groups"], p["per_group"], dstate, dtype=torch.float32, device=u.device)
+    out_t = torch.empty(p["shape"], dtype=p["work"], device=u.device)  # (L, batch, G, dim/G)
+    state = torch.zeros(batch, p["groups"], p["per_group"], dstate, dtype=p["work"], device=u.device)
     checkpoints = []
     for start in range(0, length, chunk):
         stop = min(length, start + chunk)
@@ -104,11 +108,11 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus
     batch, dim, length, dstate = p["batch"], p["dim"], p["length"], A.shape[1]
     groups, shape = p["groups"], p["shape"]
     chunk = chunk_length(batch, dim, dstate, length)
-    dout_t = dout.float().permute(2, 0, 1).reshape(shape)
-    du_t = torch.empty(shape, dtype=torch.float32, device=u.device)
-    ddelta_t = torch.empty(shape, dtype=torch.float32, device=u.device)
-    dz_t = None if z is None else torch.empty(shape, dtype=torch.float32, device=u.device)
-    dB_t = torch.empty(length, batch, groups, dstate, dtype=torch.float32, device=u.device)
+    dout_t = dout.to(p["work"]).permute(2, 0, 1).reshape(shape)
+    du_t = torch.empty(shape, dtype=p["work"], device=u.device)
+    ddelta_t = torch.empty(shape, dtype=p["work"], device=u.device)
+    dz_t = None if z is None else torch.empty(shape, dtype=p["work"], device=u.device)
+    dB_t = torch.empty(length, batch, groups, dstate, dtype=p["work"], device=u.device)
     dC_t = torch.empty_like(dB_t)
     dA = torch.zeros_like(p["A"])
     dD = None if D is None else torch.zeros_like(p["D"])

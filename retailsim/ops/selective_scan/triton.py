@@ -25,6 +25,13 @@ def _affine_combine(a_left, h_left, a_right, h_right):
 
 
 @triton.jit
+def _affine_combine_with_previous(a_left, h_left, prev_left, a_right, h_right, prev_right):
+    # As _affine_combine, plus a third component that leaves out the last step's own drive: the scan then
+    # yields a_t h_{t-1} directly, which h_t - x_t would lose to cancellation when a_t is tiny (huge Δ).
+    return a_left * a_right, h_left * a_right + h_right, h_left * a_right + prev_right
+
+
+@triton.jit
 def _adjoint_combine(first_later, prod_later, acc_later, first_earlier, prod_earlier, acc_earlier):
     # Reverse scan of g_t = e_t + a_{t+1} g_{t+1}. A segment [t0, t1] is (a_{t0}, P, E) with
     # g_{t0} = E + P * (a_{t1+1} g_{t1+1}) and P = a_{t0+1} ... a_{t1}; the later segment's first decay
@@ -38,7 +45,8 @@ def _softplus(x):
     # log1p(exp(x)) without a log1p primitive (w - 1 recovers the rounded exp), identity above 20.
     e = tl.exp(tl.minimum(x, 20.0))
     w = 1.0 + e
-    soft = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+    exact = w == 1.0
+    soft = tl.where(exact, e, tl.log(w) * (e / tl.where(exact, 1.0, w - 1.0)))
     return tl.where(x > 20.0, x, soft)
 
 
@@ -129,7 +137,7 @@ def _selective_scan_fwd_kernel(
 # (a_t = exp(Δ_t A)); then dx_t = g_t, d(a_t)·a_t... gives
 #   dΔ_t = Σ_n g_t (A a_t h_{t-1} + B_t u_t),  dA = Σ_t g_t a_t h_{t-1} Δ_t,  dB_t = Σ_d g_t Δ_t u_t,
 #   dC_t = Σ_d dy_t h_t,  du_t = Σ_n g_t Δ_t B_t + D dy_t,  dz_t = dout_t y_t silu'(z_t),
-# with a_t h_{t-1} = h_t - Δ_t B_t u_t (as mamba_ssm's kernel). Chunks run last to first: each recomputes
+# with a_t h_{t-1} from its own scan component (not h_t - x_t, which cancels). Chunks run last to first: each recomputes
 # its states from the checkpoint the forward saved, and the adjoint carried in from the chunk after it.
 # Sums over channels (dB, dC) and over batch/time (dA, dD, dΔ-bias) leave per-program partials that torch
 # sums afterwards in a fixed order: deterministic, no atomics. Grid: (cdiv(dim, BLOCK_D), batch).
@@ -179,8 +187,10 @@ def _selective_scan_bwd_kernel(
         b_h0 = tl.load(p_ckpt + o_state + i_c * dstate, mask=m_dn, other=0.0).to(ACC)
         b_a = tl.exp2(b_dt[:, None, :] * b_A2[:, :, None])                 # [BLOCK_D, N_PAD, CHUNK]
         b_x = (b_dt * b_u)[:, None, :] * b_B[None, :, :]
-        b_decay, b_hs = tl.associative_scan((b_a, b_x), axis=2, combine_fn=_affine_combine)
-        b_hs = b_hs + b_decay * b_h0[:, :, None]
+        b_decay, b_hs, b_ah = tl.associative_scan((b_a, b_x, tl.zeros_like(b_x)), axis=2,
+                                                  combine_fn=_affine_combine_with_previous)
+        b_hs = b_hs + b_decay * b_h0[:, :, None]                           # h_t
+        b_ah = b_ah + b_decay * b_h0[:, :, None]                           # a_t h_{t-1}
         o_bdl = (i_b * dim + o_d)[:, None] * length + o_l[None, :]
         b_dout = tl.load(p_dout + i_b * stride_do_b + o_d[:, None] * stride_do_d + o_l[None, :] * stride_do_l,
                          mask=m_dl, other=0.0).to(ACC)
@@ -200,7 +210,7 @@ def _selective_scan_bwd_kernel(
         _, _, b_g = tl.associative_scan((b_a, tl.full(b_a.shape, 1.0, ACC), b_e), axis=2,
                                         combine_fn=_adjoint_combine, reverse=True)
         b_carry = tl.sum(tl.where(o_t[None, None, :] == 0, b_a * b_g, 0.0), axis=2)
-        b_gah = b_g * (b_hs - b_x)                                          # g_t a_t h_{t-1}
+        b_gah = b_g * b_ah                                                  # g_t a_t h_{t-1}
         b_gB = tl.sum(b_g * b_B[None, :, :], axis=1)                        # [BLOCK_D, CHUNK]
         b_ddt = tl.sum(b_gah * b_A[:, :, None], axis=1) + b_gB * b_u
         b_dA += tl.sum(b_gah * b_dt[:, None, :], axis=2)
@@ -230,6 +240,12 @@ def _selective_scan_bwd_kernel(
 
 def _acc_dtype(u: torch.Tensor):
     return (tl.float64, torch.float64) if u.dtype == torch.float64 else (tl.float32, torch.float32)
+
+
+def _io_dtype(x: torch.Tensor, acc_torch: torch.dtype) -> torch.dtype:
+    """Kernels write outputs and gradients in their tensor's dtype on the GPU. The interpreter (CPU tensors)
+    truncates float32 to bfloat16 instead of rounding, so there they write ACC and torch rounds."""
+    return x.dtype if x.is_cuda else acc_torch
 
 
 def _config(dim: int, dstate: int, groups: int) -> tuple[int, int]:
@@ -273,11 +289,11 @@ def _common(u, delta, A, B, C, z):
 
 
 def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    """Launcher: (out in u's dtype, last_state (batch, dim, N), (chunk-start states,))."""
+    """Launcher: (out in u's dtype on the GPU, last_state (batch, dim, N), (chunk-start states,))."""
     batch, dim, length, dstate, groups, block_d, n_pad, strides, grid = _common(u, delta, A, B, C, z)
     acc_tl, acc_torch = _acc_dtype(u)
     save = any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
-    out = torch.empty((batch, dim, length), dtype=u.dtype, device=u.device)
+    out = torch.empty((batch, dim, length), dtype=_io_dtype(u, acc_torch), device=u.device)
     last_state = torch.empty((batch, dim, dstate), dtype=acc_torch, device=u.device)
     n_chunks = triton.cdiv(length, CHUNK)
     checkpoints = torch.empty((batch, dim, n_chunks, dstate) if save else (1,), dtype=acc_torch, device=u.device)
@@ -299,9 +315,9 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus
     acc_tl, acc_torch = _acc_dtype(u)
     device = u.device
     n_dblocks = grid[0]
-    du = torch.empty((batch, dim, length), dtype=u.dtype, device=device)
-    ddelta = torch.empty((batch, dim, length), dtype=delta.dtype, device=device)
-    dz = torch.empty((batch, dim, length), dtype=z.dtype, device=device) if z is not None else None
+    du = torch.empty((batch, dim, length), dtype=_io_dtype(u, acc_torch), device=device)
+    ddelta = torch.empty((batch, dim, length), dtype=_io_dtype(delta, acc_torch), device=device)
+    dz = torch.empty((batch, dim, length), dtype=_io_dtype(z, acc_torch), device=device) if z is not None else None
     dA_part = torch.empty((batch, dim, dstate), dtype=acc_torch, device=device)
     dB_part = torch.empty((batch, n_dblocks, dstate, length), dtype=acc_torch, device=device)
     dC_part = torch.empty_like(dB_part)
