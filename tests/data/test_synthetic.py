@@ -17,6 +17,7 @@ from retailsim.data.synthetic import GROUND_TRUTH_FILE, GeneratorConfig, generat
 from retailsim.data.synthetic.catalogue import build_catalogue
 from retailsim.data.synthetic.market import N_PRICE_BANDS, week_market
 from retailsim.data.synthetic.missions import MAX_BASKET_LINES
+from retailsim.data.synthetic import oracle
 from retailsim.data.synthetic.oracle import ground_truth, slot_weights
 from retailsim.data.synthetic.population import build_customers, build_stores
 from retailsim.data.synthetic.shopping import habit_weights, simulate_week
@@ -286,7 +287,9 @@ def brute_force_slots(config: GeneratorConfig, week_index: int):
     return truth, np.array(probability), np.array(excluding), np.array(rank), distributions, week
 
 
-def test_ground_truth_matches_brute_force_over_the_catalogue():
+@pytest.mark.parametrize("lines_per_chunk", [16384, 37], ids=["one-chunk", "many-chunks"])
+def test_ground_truth_matches_brute_force_over_the_catalogue(monkeypatch, lines_per_chunk):
+    monkeypatch.setattr(oracle, "LINES_PER_CHUNK", lines_per_chunk)
     config = GeneratorConfig(customers=150, products=60, stores=3, weeks=4, seed=5)
     truth, probability, excluding, rank, _, _ = brute_force_slots(config, week_index=3)
     assert truth.num_rows == len(rank) > 300

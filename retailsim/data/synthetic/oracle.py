@@ -67,15 +67,16 @@ def ground_truth(
 ) -> pa.Table:
     """One row per line of ``week`` (``GROUND_TRUTH_SCHEMA``), in the order the lines are written."""
     oracle = _WeekOracle(week, market, catalogue, customers)
-    trip_first_line = np.cumsum(week.trip_lines) - week.trip_lines
-    trip_start = 0
-    while trip_start < week.n_trips:  # whole trips, about LINES_PER_CHUNK lines at a time
-        first_line = trip_first_line[trip_start]
-        trip_stop = int(np.searchsorted(trip_first_line, first_line + LINES_PER_CHUNK, side="right"))
-        trip_stop = max(trip_stop, trip_start + 1)
-        trips = np.arange(trip_start, trip_stop)
-        oracle.score(trips, np.arange(first_line, first_line + week.trip_lines[trips].sum()))
-        trip_start = trip_stop
+    # Trips in order of basket length, about LINES_PER_CHUNK lines at a time: a chunk's candidate matrix is
+    # as wide as its longest basket, so similar lengths keep the padding small.
+    by_length = np.argsort(week.trip_lines, kind="stable")
+    lines_before = np.cumsum(week.trip_lines[by_length]) - week.trip_lines[by_length]
+    start = 0
+    while start < week.n_trips:
+        stop = int(np.searchsorted(lines_before, lines_before[start] + LINES_PER_CHUNK, side="left"))
+        stop = max(stop, start + 1)
+        oracle.score(by_length[start:stop])
+        start = stop
 
     n_lines = len(week.line_trip)
     return pa.table(
@@ -103,6 +104,7 @@ class _WeekOracle:
         self.week, self.market, self.catalogue, self.customers = week, market, catalogue, customers
         self.n_partners, self.w_complement, self.w_habit, self.w_explore = slot_weights(week, catalogue, customers)
         n_lines = len(week.line_trip)
+        self.trip_first_line = np.cumsum(week.trip_lines) - week.trip_lines
         self.probability = np.empty(n_lines)
         self.probability_excluding_basket = np.empty(n_lines)
         self.rank = np.empty(n_lines, dtype=np.int64)
@@ -118,8 +120,13 @@ class _WeekOracle:
         found = (self.sorted_line_key[index] == key) & (product >= 0)
         return np.where(found, self.week.line_position[self.key_order[index]], ABSENT)
 
-    def score(self, trips: np.ndarray, lines: np.ndarray) -> None:
+    def score(self, trips: np.ndarray) -> None:
+        """Fill probability, probability_excluding_basket and rank for every line of ``trips``."""
         week, market, catalogue, customers = self.week, self.market, self.catalogue, self.customers
+        n_lines = week.trip_lines[trips]
+        row = np.repeat(np.arange(len(trips)), n_lines)  # line -> its trip's row in this chunk
+        first_of_row = np.cumsum(n_lines) - n_lines
+        lines = np.repeat(self.trip_first_line[trips] - first_of_row, n_lines) + np.arange(n_lines.sum())
         n_products = catalogue.n_products
         customer = week.trip_customer[trips]
         mission = week.trip_mission[trips]
@@ -128,7 +135,7 @@ class _WeekOracle:
         # Candidates of each trip: its customer's favourites, its items and their partners (sorted, unique).
         width = int(week.trip_lines[trips].max())
         items = np.full((len(trips), width), -1, dtype=np.int64)
-        items[week.line_trip[lines] - trips[0], week.line_position[lines]] = week.line_product[lines]
+        items[row, week.line_position[lines]] = week.line_product[lines]
         partners = np.where(items >= 0, catalogue.partner[np.maximum(items, 0)], -1)
         candidates = np.sort(np.concatenate([customers.favourites[customer], items, partners], axis=1), axis=1)
         candidates[:, 1:][candidates[:, 1:] == candidates[:, :-1]] = -1
@@ -154,7 +161,6 @@ class _WeekOracle:
         partner_at = self.basket_position(trip_column, np.where(valid, catalogue.partner[product], -1))
 
         # Each line sees its trip's candidates under its own slot weights.
-        row = week.line_trip[lines] - trips[0]
         position = week.line_position[lines][:, None]
         w_explore = self.w_explore[lines]
         line_valid = valid[row]
