@@ -5,4 +5,6 @@
 
 namespace retailsim {
 void register_pipeline(pybind11::module_& m);  // pipeline.cpp: per-customer item streams (Stage 2)
+void register_collate(pybind11::module_& m);  // collate.cpp: batch assembly (masking, prices, history window)
+void register_cooccurrence(pybind11::module_& m);  // cooccurrence.cpp: top-k item-pair counts
 }  // namespace retailsim
