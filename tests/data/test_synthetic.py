@@ -308,3 +308,25 @@ def test_items_are_drawn_from_the_distribution_the_oracle_reports():
     assert abs(probability.mean() - expected.mean()) < 4 * spread, (probability.mean(), expected.mean(), spread)
     sources = np.bincount(week.line_source, minlength=3) / len(week.line_source)
     assert (sources > 0.05).all()  # complement, habit and explore slots all occur
+
+
+def test_promotions_lower_the_price_and_raise_sales(structure_data):
+    """Seen from the CSVs: in the weeks a product sells below its usual unit price it sells more lines."""
+    _, table = structure_data
+    product = np.unique(column(table, "PROD_CODE"), return_inverse=True)[1]
+    week = np.unique(column(table, "SHOP_WEEK"), return_inverse=True)[1]
+    unit_price = column(table, "SPEND").astype(float) / column(table, "QUANTITY").astype(float)
+    n_products, n_weeks = product.max() + 1, week.max() + 1
+    cell = product * n_weeks + week
+    lines = np.bincount(cell, minlength=n_products * n_weeks).reshape(n_products, n_weeks)
+    lowest = np.full(n_products * n_weeks, np.inf)
+    np.minimum.at(lowest, cell, unit_price)
+    lowest = lowest.reshape(n_products, n_weeks)
+    usual = np.median(np.where(np.isfinite(lowest), lowest, np.nan), axis=1, keepdims=True)
+    sold = lines > 0
+    promoted = sold & (lowest < 0.92 * usual)
+    regular = sold & ~promoted
+    busy = (lines.sum(axis=1) >= 5 * n_weeks)[:, None]  # products with enough weekly sales to compare
+    assert (promoted & busy).sum() > 50
+    ratio = lines[promoted & busy].mean() / lines[regular & busy].mean()
+    assert ratio > 1.3, ratio

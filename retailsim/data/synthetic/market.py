@@ -20,7 +20,7 @@ from retailsim.data.synthetic.missions import N_MISSIONS, mission_department_mix
 N_PRICE_BANDS = 3  # LA, MM, UM: the latent band of every shopper (the written label may be XX)
 # Utility of each tier (value, mainstream, premium) per price band.
 PRICE_PREFERENCE = np.array([[0.8, 0.0, -0.9], [0.0, 0.3, -0.2], [-0.9, 0.0, 0.8]])
-PROMOTION_RESPONSE = np.array([4.0, 2.5, 1.2])  # utility per unit of discount (0.25 off -> +1.0 for LA)
+PROMOTION_RESPONSE = np.array([5.0, 3.5, 2.0])  # utility per unit of discount (0.2 off -> +1.0 for LA)
 PROMOTED_SHARE = 0.08
 DISCOUNT_RANGE = (0.10, 0.35)
 N_GROUPS = N_MISSIONS * N_PRICE_BANDS
