@@ -14,13 +14,21 @@ DESCRIPTION = __doc__
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from retailsim.data.synthetic.config import GeneratorConfig
 
-    defaults = GeneratorConfig()
-    parser.add_argument("--out", type=Path, required=True, help="folder to create (replaced whole when done)")
-    parser.add_argument("--customers", type=int, default=defaults.customers, help="number of shoppers")
-    parser.add_argument("--products", type=int, default=defaults.products, help="catalogue size")
-    parser.add_argument("--stores", type=int, default=defaults.stores, help="number of stores")
-    parser.add_argument("--weeks", type=int, default=defaults.weeks, help="number of shop weeks (from 200607)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed; same seed, same bytes")
+    defaults, limits = GeneratorConfig(), GeneratorConfig.LIMITS
+    parser.add_argument(
+        "--out", type=Path, required=True, default=argparse.SUPPRESS,
+        help="folder to create (required); written under a temporary name and renamed when complete",
+    )
+    helps = {
+        "customers": "number of shoppers (card holders and anonymous)",
+        "products": "catalogue size",
+        "stores": "number of stores",
+        "weeks": "number of shop weeks, from 200607; the last 19%% are the test weeks of ground_truth.parquet",
+        "seed": "random seed; the same seed and sizes give the same bytes",
+    }
+    for name, text in helps.items():
+        low, high = limits[name]
+        parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name), help=f"{text}; {low}..{high}")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
