@@ -213,8 +213,8 @@ def _linear_inputs(seed, n_rows, hidden_size, n_cols, dtype=torch.float32):
 
 @pytest.fixture
 def small_linear_chunks(monkeypatch):
-    """Logit chunks of 3 rows at V = 75 fp32 (900 bytes), so the row loop runs several times."""
-    monkeypatch.setattr(focal_function, "LOGITS_CHUNK_BYTES", 900)
+    """Logit chunks of 3 rows at V = 75 fp32 (padded to 80: 960 bytes), so the row loop runs several times."""
+    monkeypatch.setattr(focal_function, "LOGITS_CHUNK_BYTES", 960)
 
 
 def _check_linear(hidden, weight, bias, target, alpha, bound=FP32_REL_ERR, **kwargs):
@@ -256,7 +256,7 @@ def test_linear_focal_loss_gradcheck_float64(path, small_linear_chunks):
 
 
 def test_linear_focal_loss_low_precision_several_chunks(path, monkeypatch):
-    monkeypatch.setattr(focal_function, "LOGITS_CHUNK_BYTES", 450)  # 3 rows of bf16 at V = 75
+    monkeypatch.setattr(focal_function, "LOGITS_CHUNK_BYTES", 480)  # 3 rows of bf16 at V = 75 (80 padded)
     hidden, weight, bias, target, _ = _linear_inputs(seed=33, n_rows=10, hidden_size=24, n_cols=75,
                                                      dtype=torch.bfloat16)
     ours = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
