@@ -100,7 +100,7 @@ class ContrastiveLossFunction(torch.autograd.Function):
         grad_anchors = grad_candidates = None
         c_op = c_unit.to(operand_dtype).contiguous()
         if ctx.needs_input_grad[0]:
-            positive_candidate = c_op.to(work_dtype)[index.positive_index.clamp(min=0)]  # (N, D)
+            positive_candidate = c_op[index.positive_index.clamp(min=0)].to(work_dtype)  # (N, D)
             grad_a_unit = (scale * row_weight)[:, None] * (weighted - positive_candidate)
             grad_anchors = _normalize_backward(grad_a_unit, a_unit, a_norm).to(ctx.input_dtypes[0])
         if ctx.needs_input_grad[1]:
