@@ -1,0 +1,788 @@
+// CPU selective scan (SPEC 6.2, 8): forward and backward of mamba_ssm's selective_scan_fn on float32 buffers.
+//
+//   Δ_t   = softplus(delta_t + delta_bias)  (or delta_t + delta_bias)
+//   h_t   = exp(Δ_t A) ⊙ h_{t-1} + Δ_t u_t B_t          h ∈ R^N per (batch b, channel d), h_{-1} = 0
+//   y_t   = C_t · h_t + D u_t,   out_t = y_t · silu(z_t)  (when z is given)
+//
+// Layout: u, delta, z, out (batch, dim, L); A (dim, N); B, C (batch, groups, N, L) with channel d reading
+// group d / (dim / groups) (B and C may have different group counts; (batch, N, L) is one group).
+// B and C are first transposed to (batch, groups, L, N) so that every step reads N
+// contiguous floats: the loops over N are the SIMD dimension (`omp simd`, built with -fopenmp-simd so the
+// sums over N vectorise without -ffast-math), the time loop is sequential.
+//
+// Forward: one task per (b, d) row; the state lives in a per-thread array of N floats. It keeps the state at
+// the end of every kChunk-step chunk but the last ("checkpoints", (batch, dim, ceil(L/kChunk) - 1, N)), so the
+// backward pass needs O(batch·dim·N·L/kChunk) memory instead of the O(batch·dim·N·L) of stored states.
+//
+// Backward: chunks are visited last to first; each chunk's states are recomputed from its checkpoint into a
+// kChunk×N scratch, then the adjoint g_t = ∂L/∂h_t runs backwards through it:
+//   g_t = dy_t C_t + exp(Δ_{t+1} A) ⊙ g_{t+1}                      dy_t = dout_t · silu(z_t) (or dout_t)
+//   du_t = D dy_t + Δ_t (g_t · B_t)        dB_t += g_t Δ_t u_t        dC_t += dy_t h_t
+//   dΔ_t = u_t (g_t · B_t) + Σ_n g_t A exp(Δ_t A) h_{t-1}          dA += Δ_t g_t ⊙ exp(Δ_t A) ⊙ h_{t-1}
+// Determinism: no atomics. dB/dC (sums over the channels of a group) are accumulated per task — a fixed
+// block of channels inside one B group and one C group of one batch row, the blocks chosen from the shape
+// alone — and the blocks are summed in channel order; dA, dD, ddelta_bias (sums over the batch) are kept per (b, d) and summed in batch order. The
+// bits therefore depend on neither the thread count nor the scheduling.
+#include "registry.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <mutex>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace retailsim {
+namespace {
+
+constexpr int64_t kChunk = 64;  // steps between two checkpoints; also the scratch length of one chunk
+constexpr int64_t kTargetBackwardTasks = 64;  // how finely the backward splits channels (shape-only choice)
+
+// ---------------------------------------------------------------------------------------------------------
+// Vectorisable float math. libm's expf/log1pf are opaque calls that stop GCC from vectorising the loops
+// over N unless -ffast-math is on, which would also break NaN/Inf propagation; these inline versions are
+// branch-free (selects only) and accurate to a few ulp.
+
+inline float bits_to_float(uint32_t bits) {
+    float value;
+    std::memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+inline uint32_t float_to_bits(float value) {
+    uint32_t bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    return bits;
+}
+
+// e^x: x = k ln2 + r with |r| <= ln2/2 (Cody–Waite split of ln2), e^r by a degree-6 minimax polynomial,
+// 2^k applied as two halves so that results down to the denormals and up to overflow come out right.
+inline float exp_f32(float x) {
+    const bool is_nan = x != x;
+    float clamped = x < -104.0f ? -104.0f : x;  // e^-104 rounds to 0, e^89 overflows to inf
+    clamped = clamped > 89.0f ? 89.0f : clamped;
+    clamped = is_nan ? 0.0f : clamped;
+    const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
+    const float k = (clamped * 1.44269504088896341f + shifter) - shifter;
+    const float r = (clamped - k * 0.693359375f) - k * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t k_int = static_cast<int32_t>(k);
+    const int32_t k_half = k_int / 2;
+    const float scale_a = bits_to_float(static_cast<uint32_t>(k_half + 127) << 23);
+    const float scale_b = bits_to_float(static_cast<uint32_t>(k_int - k_half + 127) << 23);
+    const float result = p * scale_a * scale_b;
+    return is_nan ? x : result;
+}
+
+// ln x for finite x >= 1 (the only use: ln(1 + e^x) in softplus). x = m 2^e with m in [sqrt(1/2), sqrt(2)).
+inline float log_f32_ge1(float x) {
+    const uint32_t bits = float_to_bits(x);
+    float exponent = static_cast<float>(static_cast<int32_t>((bits >> 23) & 0xffu) - 127);
+    float m = bits_to_float((bits & 0x007fffffu) | 0x3f800000u);  // [1, 2)
+    // Arithmetic inside a ?: arm would be conditional (and, with trapping math, not if-converted): compute
+    // both values first, then select.
+    const bool high = m > 1.41421356f;
+    const float m_half = m * 0.5f, exponent_up = exponent + 1.0f;
+    m = high ? m_half : m;
+    exponent = high ? exponent_up : exponent;
+    const float f = m - 1.0f;
+    const float f2 = f * f;
+    float p = 7.0376836292e-2f;
+    p = p * f - 1.1514610310e-1f;
+    p = p * f + 1.1676998740e-1f;
+    p = p * f - 1.2420140846e-1f;
+    p = p * f + 1.4249322787e-1f;
+    p = p * f - 1.6668057665e-1f;
+    p = p * f + 2.0000714765e-1f;
+    p = p * f - 2.4999993993e-1f;
+    p = p * f + 3.3333331174e-1f;
+    float tail = p * f * f2 + exponent * -2.12194440e-4f - 0.5f * f2;
+    return (f + tail) + exponent * 0.693359375f;
+}
+
+// softplus with torch's threshold (x > 20 returns x). ln(1+e) is computed as ln(w)·e/(w-1), w = 1+e, which
+// keeps full relative accuracy when e is tiny.
+inline float softplus_f32(float x) {
+    const float e = exp_f32(x < 20.0f ? x : 20.0f);
+    const float w = 1.0f + e;
+    const float w_minus_1 = w - 1.0f;
+    // Both arms are computed before the select so that the loops calling this vectorise.
+    const float ratio = e / (w_minus_1 == 0.0f ? 1.0f : w_minus_1);
+    const float log_w_scaled = log_f32_ge1(w) * ratio;
+    const float log1p_e = w_minus_1 == 0.0f ? e : log_w_scaled;
+    return x > 20.0f ? x : log1p_e;
+}
+
+// d softplus / dx = sigmoid(x), 1 above the threshold (as torch's softplus backward).
+inline float softplus_grad_f32(float x) {
+    const float s = 1.0f / (1.0f + exp_f32(-x));
+    return x > 20.0f ? 1.0f : s;
+}
+
+inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
+
+// ---------------------------------------------------------------------------------------------------------
+// Threads: a fixed number of workers pull task indices from a shared counter. Each task writes only its own
+// outputs, so the scheduling never changes a result.
+
+int default_threads() {
+    const unsigned hardware = std::thread::hardware_concurrency();
+    return hardware == 0 ? 1 : static_cast<int>(hardware);
+}
+
+template <class Task>
+void parallel_for(int64_t n_tasks, int n_threads, const Task& task) {
+    if (n_tasks <= 0) return;
+    const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, n_tasks)));
+    std::atomic<int64_t> next{0};
+    std::exception_ptr failure;
+    std::mutex failure_mutex;
+    auto work = [&](int worker) {
+        try {
+            for (int64_t i = next.fetch_add(1); i < n_tasks; i = next.fetch_add(1)) task(i, worker);
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(failure_mutex);
+            if (!failure) failure = std::current_exception();
+            next.store(n_tasks);
+        }
+    };
+    std::vector<std::thread> threads;
+    threads.reserve(workers - 1);
+    for (int w = 1; w < workers; ++w) threads.emplace_back(work, w);
+    work(0);
+    for (auto& thread : threads) thread.join();
+    if (failure) std::rethrow_exception(failure);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Argument checking: every buffer must be a C-contiguous, aligned float32 NumPy array of the expected shape.
+
+struct Problem {
+    int64_t batch = 0, dim = 0, length = 0, state = 0;
+    int64_t groups_B = 1, groups_C = 1;
+    bool b_grouped = false, c_grouped = false;
+    int64_t n_chunks() const { return (length + kChunk - 1) / kChunk; }
+    int64_t n_checkpoints() const { return std::max<int64_t>(0, n_chunks() - 1); }
+    // Channel segments that read one B group and one C group: lcm(groups_B, groups_C) of them (it divides dim).
+    int64_t segments() const { return groups_B / std::gcd(groups_B, groups_C) * groups_C; }
+    int64_t segment_size() const { return dim / segments(); }
+};
+
+std::string shape_text(const py::array& array) {
+    std::string text = "(";
+    for (py::ssize_t i = 0; i < array.ndim(); ++i) {
+        if (i) text += ", ";
+        text += std::to_string(array.shape(i));
+    }
+    return text + (array.ndim() == 1 ? ",)" : ")");
+}
+
+const float* float_buffer(const py::handle& object, const char* fn, const char* name) {
+    if (!py::isinstance<py::array>(object))
+        throw py::type_error(std::string(fn) + ": " + name + " must be a NumPy array, got " +
+                             std::string(py::str(py::type::of(object).attr("__name__"))) + ".");
+    auto array = py::reinterpret_borrow<py::array>(object);
+    if (!array.dtype().is(py::dtype::of<float>()))
+        throw py::type_error(std::string(fn) + ": " + name + " must be float32, got " +
+                             std::string(py::str(array.dtype())) + ".");
+    const int flags = array.flags();
+    if (!(flags & py::array::c_style) || !(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+        throw py::value_error(std::string(fn) + ": " + name + " must be C-contiguous and aligned.");
+    return static_cast<const float*>(array.data());
+}
+
+void expect_shape(const py::handle& object, std::initializer_list<int64_t> shape, const char* fn,
+                  const char* name, const char* meaning) {
+    auto array = py::reinterpret_borrow<py::array>(object);
+    bool same = array.ndim() == static_cast<py::ssize_t>(shape.size());
+    int64_t i = 0;
+    for (int64_t extent : shape) {
+        if (!same) break;
+        same = array.shape(i++) == extent;
+    }
+    if (!same) {
+        std::string expected = "(";
+        i = 0;
+        for (int64_t extent : shape) expected += (i++ ? ", " : "") + std::to_string(extent);
+        expected += shape.size() == 1 ? ",)" : ")";
+        throw py::value_error(std::string(fn) + ": " + name + " must have shape " + expected + " " + meaning +
+                              ", got " + shape_text(array) + ".");
+    }
+}
+
+const float* optional_buffer(const py::object& object, const char* fn, const char* name) {
+    return object.is_none() ? nullptr : float_buffer(object, fn, name);
+}
+
+// Reads batch, dim, L from u; N from A; groups from B and C; checks every input against them.
+Problem check_inputs(const char* fn, const py::object& u, const py::object& delta, const py::object& A,
+                     const py::object& B, const py::object& C, const py::object& D, const py::object& z,
+                     const py::object& delta_bias) {
+    float_buffer(u, fn, "u");
+    auto u_array = py::reinterpret_borrow<py::array>(u);
+    if (u_array.ndim() != 3)
+        throw py::value_error(std::string(fn) + ": u must have shape (batch, dim, L), got " +
+                              shape_text(u_array) + ".");
+    Problem p;
+    p.batch = u_array.shape(0);
+    p.dim = u_array.shape(1);
+    p.length = u_array.shape(2);
+    float_buffer(delta, fn, "delta");
+    expect_shape(delta, {p.batch, p.dim, p.length}, fn, "delta", "(u's shape)");
+    float_buffer(A, fn, "A");
+    auto a_array = py::reinterpret_borrow<py::array>(A);
+    if (a_array.ndim() != 2 || a_array.shape(0) != p.dim)
+        throw py::value_error(std::string(fn) + ": A must have shape (dim, N) = (" + std::to_string(p.dim) +
+                              ", N), got " + shape_text(a_array) + ".");
+    p.state = a_array.shape(1);
+    if (p.state < 1) throw py::value_error(std::string(fn) + ": A must have N >= 1 state columns, got 0.");
+    for (const char* name : {"B", "C"}) {
+        const py::object& bc = name[0] == 'B' ? B : C;
+        float_buffer(bc, fn, name);
+        auto array = py::reinterpret_borrow<py::array>(bc);
+        const bool grouped = array.ndim() == 4;
+        int64_t groups = grouped ? array.shape(1) : 1;
+        const bool ok = (array.ndim() == 3 && array.shape(0) == p.batch && array.shape(1) == p.state &&
+                         array.shape(2) == p.length) ||
+                        (grouped && array.shape(0) == p.batch && array.shape(2) == p.state &&
+                         array.shape(3) == p.length && groups >= 1);
+        if (!ok)
+            throw py::value_error(std::string(fn) + ": " + name + " must have shape (batch, N, L) = (" +
+                                  std::to_string(p.batch) + ", " + std::to_string(p.state) + ", " +
+                                  std::to_string(p.length) + ") or (batch, groups, N, L), got " +
+                                  shape_text(array) + ".");
+        if (p.dim % groups != 0)
+            throw py::value_error(std::string(fn) + ": " + name + " has " + std::to_string(groups) +
+                                  " groups, which does not divide dim = " + std::to_string(p.dim) + ".");
+        (name[0] == 'B' ? p.groups_B : p.groups_C) = groups;
+        (name[0] == 'B' ? p.b_grouped : p.c_grouped) = grouped;
+    }
+    if (optional_buffer(D, fn, "D")) expect_shape(D, {p.dim}, fn, "D", "(dim,)");
+    if (optional_buffer(z, fn, "z")) expect_shape(z, {p.batch, p.dim, p.length}, fn, "z", "(u's shape)");
+    if (optional_buffer(delta_bias, fn, "delta_bias"))
+        expect_shape(delta_bias, {p.dim}, fn, "delta_bias", "(dim,)");
+    return p;
+}
+
+int resolve_threads(int num_threads) {
+    if (num_threads < 0) throw py::value_error("num_threads must be >= 0 (0: one per hardware thread).");
+    return num_threads == 0 ? default_threads() : num_threads;
+}
+
+py::array_t<float> new_array(std::vector<py::ssize_t> shape) { return py::array_t<float>(shape); }
+
+// ---------------------------------------------------------------------------------------------------------
+// Kernels (run without the GIL on raw pointers).
+
+struct Inputs {
+    Problem p;
+    const float* u;
+    const float* delta;
+    const float* A;
+    const float* Bt;  // (batch, groups_B, L, N): B transposed
+    const float* Ct;  // (batch, groups_C, L, N): C transposed
+    const float* D;           // nullable
+    const float* z;           // nullable
+    const float* delta_bias;  // nullable
+    bool softplus;
+};
+
+// (batch, groups, N, L) -> (batch, groups, L, N), in tiles so both sides stay in cache.
+void transpose_state_time(const float* src, float* dst, int64_t groups, const Problem& p, int threads) {
+    const int64_t N = p.state, L = p.length;
+    parallel_for(p.batch * groups, threads, [&](int64_t bg, int) {
+        const float* s = src + bg * N * L;
+        float* d = dst + bg * N * L;
+        constexpr int64_t tile = 32;
+        for (int64_t t0 = 0; t0 < L; t0 += tile)
+            for (int64_t n0 = 0; n0 < N; n0 += tile)
+                for (int64_t n = n0; n < std::min(N, n0 + tile); ++n)
+                    for (int64_t t = t0; t < std::min(L, t0 + tile); ++t) d[t * N + n] = s[n * L + t];
+    });
+}
+
+// Horizontal sum of n floats, n a multiple of the vector width: one register of partial sums, then the
+// register's lanes. Plain C++ leaves this to GCC, which without -ffast-math keeps the exact left-to-right
+// order and spills to the stack; the fixed order here is as deterministic and 3-4x cheaper.
+inline float horizontal_sum(const float* v, int64_t n) {
+#if defined(__AVX512F__)
+    // Lane swaps in the masked forms: the plain intrinsics trip -Wmaybe-uninitialized in GCC 12's headers.
+    __m512 wide = _mm512_loadu_ps(v);
+    for (int64_t k = 16; k < n; k += 16) wide = _mm512_add_ps(wide, _mm512_loadu_ps(v + k));
+    wide = _mm512_add_ps(wide, _mm512_mask_shuffle_f32x4(wide, 0xffff, wide, wide, 0x4e));  // 256-bit halves
+    wide = _mm512_add_ps(wide, _mm512_mask_shuffle_f32x4(wide, 0xffff, wide, wide, 0xb1));  // 128-bit lanes
+    wide = _mm512_add_ps(wide, _mm512_mask_permute_ps(wide, 0xffff, wide, 0x4e));           // pairs
+    wide = _mm512_add_ps(wide, _mm512_mask_permute_ps(wide, 0xffff, wide, 0xb1));           // neighbours
+    return _mm512_cvtss_f32(wide);
+#elif defined(__AVX__)
+    __m256 acc = _mm256_loadu_ps(v);
+    for (int64_t k = 8; k < n; k += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(v + k));
+    __m128 half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    return _mm_cvtss_f32(_mm_add_ss(half, _mm_shuffle_ps(half, half, 1)));
+#elif defined(__SSE2__)
+    __m128 acc = _mm_loadu_ps(v);
+    for (int64_t k = 4; k < n; k += 4) acc = _mm_add_ps(acc, _mm_loadu_ps(v + k));
+    acc = _mm_add_ps(acc, _mm_movehl_ps(acc, acc));
+    return _mm_cvtss_f32(_mm_add_ss(acc, _mm_shuffle_ps(acc, acc, 1)));
+#else
+    float total = 0.0f;
+    for (int64_t k = 0; k < n; ++k) total += v[k];
+    return total;
+#endif
+}
+
+#if defined(__AVX512F__)
+constexpr int64_t kSimdWidth = 16;
+#elif defined(__AVX__)
+constexpr int64_t kSimdWidth = 8;
+#elif defined(__SSE2__)
+constexpr int64_t kSimdWidth = 4;
+#else
+constexpr int64_t kSimdWidth = 1;
+#endif
+
+// N per-state terms to be summed. When N is a compile-time multiple of the SIMD width they live in a local
+// array summed by horizontal_sum; otherwise in a scratch buffer summed by an `omp simd` reduction.
+template <int64_t kN, bool kRegisters = (kN > 0 && kN % kSimdWidth == 0)>
+struct StateVector {
+    alignas(64) float values[kN];
+    explicit StateVector(float*) {}
+    float& operator[](int64_t n) { return values[n]; }
+    float sum(int64_t) const { return horizontal_sum(values, kN); }
+};
+
+template <int64_t kN>
+struct StateVector<kN, false> {
+    float* values;
+    explicit StateVector(float* scratch) : values(scratch) {}
+    float& operator[](int64_t n) { return values[n]; }
+    float sum(int64_t N) const {
+        float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+        for (int64_t n = 0; n < N; ++n) total += values[n];
+        return total;
+    }
+};
+
+// Effective Δ and Δ·u for steps [t0, t0 + len) of one row.
+inline void chunk_delta(const Inputs& in, int64_t row_offset, int64_t t0, int64_t len, float bias,
+                        float* delta_eff, float* delta_u) {
+    const float* delta_row = in.delta + row_offset + t0;
+    const float* u_row = in.u + row_offset + t0;
+    if (in.softplus) {
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) delta_eff[i] = softplus_f32(delta_row[i] + bias);
+    } else {
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) delta_eff[i] = delta_row[i] + bias;
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) delta_u[i] = delta_eff[i] * u_row[i];
+}
+
+struct ForwardScratch {
+    std::vector<float> delta_eff, delta_u, y, h, terms;
+    explicit ForwardScratch(int64_t N) : delta_eff(kChunk), delta_u(kChunk), y(kChunk), h(N), terms(N) {}
+};
+
+template <int64_t kN>
+void forward_row(const Inputs& in, int64_t b, int64_t d, ForwardScratch& s, float* out, float* last_state,
+                 float* checkpoints) {
+    const Problem& p = in.p;
+    const int64_t N = kN > 0 ? kN : p.state, L = p.length;  // kN > 0: N known at compile time
+    const int64_t row_offset = (b * p.dim + d) * L;
+    const float* A_row = in.A + d * N;
+    const float* Bt = in.Bt + (b * p.groups_B + d / (p.dim / p.groups_B)) * L * N;
+    const float* Ct = in.Ct + (b * p.groups_C + d / (p.dim / p.groups_C)) * L * N;
+    const float bias = in.delta_bias ? in.delta_bias[d] : 0.0f;
+    const float D = in.D ? in.D[d] : 0.0f;
+    float* h = s.h.data();
+    std::fill(h, h + N, 0.0f);
+    for (int64_t chunk = 0; chunk < p.n_chunks(); ++chunk) {
+        const int64_t t0 = chunk * kChunk, len = std::min(kChunk, L - t0);
+        chunk_delta(in, row_offset, t0, len, bias, s.delta_eff.data(), s.delta_u.data());
+        for (int64_t i = 0; i < len; ++i) {
+            const float dt = s.delta_eff[i], du = s.delta_u[i];
+            const float* B_t = Bt + (t0 + i) * N;
+            const float* C_t = Ct + (t0 + i) * N;
+            StateVector<kN> terms(s.terms.data());
+#pragma omp simd
+            for (int64_t n = 0; n < N; ++n) {
+                const float h_n = exp_f32(dt * A_row[n]) * h[n] + du * B_t[n];
+                h[n] = h_n;
+                terms[n] = C_t[n] * h_n;
+            }
+            s.y[i] = terms.sum(N);
+        }
+        const float* u_row = in.u + row_offset + t0;
+        float* out_row = out + row_offset + t0;
+        if (in.z) {
+            const float* z_row = in.z + row_offset + t0;
+#pragma omp simd
+            for (int64_t i = 0; i < len; ++i)
+                out_row[i] = (s.y[i] + D * u_row[i]) * (z_row[i] * sigmoid_f32(z_row[i]));
+        } else {
+#pragma omp simd
+            for (int64_t i = 0; i < len; ++i) out_row[i] = s.y[i] + D * u_row[i];
+        }
+        if (chunk + 1 < p.n_chunks())
+            std::copy(h, h + N, checkpoints + ((b * p.dim + d) * p.n_checkpoints() + chunk) * N);
+    }
+    std::copy(h, h + N, last_state + (b * p.dim + d) * N);
+}
+
+struct BackwardScratch {
+    std::vector<float> delta_eff, delta_u, delta_grad_scale, y, dy, decay, states, carry, dA, zeros, terms, terms2;
+    explicit BackwardScratch(int64_t N)
+        : delta_eff(kChunk), delta_u(kChunk), delta_grad_scale(kChunk), y(kChunk), dy(kChunk),
+          decay(kChunk * N), states(kChunk * N), carry(N), dA(N), zeros(N, 0.0f), terms(N), terms2(N) {}
+};
+
+struct Grads {
+    float* du;
+    float* ddelta;
+    float* dz;            // nullable
+    float* dB_partial;    // (batch, segments, blocks, L, N)
+    float* dC_partial;    // (batch, segments, blocks, L, N)
+    float* dA_partial;    // (batch, dim, N)
+    float* dD_partial;    // (batch, dim)
+    float* dbias_partial; // (batch, dim)
+};
+
+// Adds row (b, d)'s share of dB, dC into dB_t, dC_t ((L, N) partial sums of its block) and writes the rest.
+template <int64_t kN>
+void backward_row(const Inputs& in, const float* dout, const float* checkpoints, int64_t b, int64_t d,
+                  BackwardScratch& s, const Grads& g, float* dB_t, float* dC_t) {
+    const Problem& p = in.p;
+    const int64_t N = kN > 0 ? kN : p.state, L = p.length;  // kN > 0: N known at compile time
+    const int64_t row = b * p.dim + d;
+    const int64_t row_offset = row * L;
+    const float* A_row = in.A + d * N;
+    const float* Bt = in.Bt + (b * p.groups_B + d / (p.dim / p.groups_B)) * L * N;
+    const float* Ct = in.Ct + (b * p.groups_C + d / (p.dim / p.groups_C)) * L * N;
+    const float bias = in.delta_bias ? in.delta_bias[d] : 0.0f;
+    const float D = in.D ? in.D[d] : 0.0f;
+    float* carry = s.carry.data();  // exp(Δ_{t+1} A) ⊙ g_{t+1}
+    float* dA = s.dA.data();
+    std::fill(carry, carry + N, 0.0f);
+    std::fill(dA, dA + N, 0.0f);
+    float dD = 0.0f, dbias = 0.0f;
+    for (int64_t chunk = p.n_chunks() - 1; chunk >= 0; --chunk) {
+        const int64_t t0 = chunk * kChunk, len = std::min(kChunk, L - t0);
+        const float* u_row = in.u + row_offset + t0;
+        const float* dout_row = dout + row_offset + t0;
+        chunk_delta(in, row_offset, t0, len, bias, s.delta_eff.data(), s.delta_u.data());
+        if (in.softplus) {
+            const float* delta_row = in.delta + row_offset + t0;
+#pragma omp simd
+            for (int64_t i = 0; i < len; ++i) s.delta_grad_scale[i] = softplus_grad_f32(delta_row[i] + bias);
+        }
+        // Recompute this chunk's decays and states from the checkpoint before it.
+        const float* h_start =
+            chunk == 0 ? s.zeros.data() : checkpoints + (row * p.n_checkpoints() + chunk - 1) * N;
+        const float* h_prev = h_start;
+        for (int64_t i = 0; i < len; ++i) {
+            const float dt = s.delta_eff[i], du = s.delta_u[i];
+            const float* B_t = Bt + (t0 + i) * N;
+            const float* C_t = Ct + (t0 + i) * N;
+            float* decay = s.decay.data() + i * N;
+            float* h = s.states.data() + i * N;
+            StateVector<kN> terms(s.terms.data());
+#pragma omp simd
+            for (int64_t n = 0; n < N; ++n) {
+                const float a = exp_f32(dt * A_row[n]);
+                const float h_n = a * h_prev[n] + du * B_t[n];
+                decay[n] = a;
+                h[n] = h_n;
+                terms[n] = C_t[n] * h_n;
+            }
+            s.y[i] = in.z ? terms.sum(N) : 0.0f;
+            h_prev = h;
+        }
+        // Gradient at y (before the gate) and the gate's own gradient.
+        if (in.z) {
+            const float* z_row = in.z + row_offset + t0;
+            float* dz_row = g.dz + row_offset + t0;
+#pragma omp simd
+            for (int64_t i = 0; i < len; ++i) {
+                const float zi = z_row[i], sig = sigmoid_f32(zi);
+                const float y_full = s.y[i] + D * u_row[i];
+                dz_row[i] = dout_row[i] * y_full * (sig * (1.0f + zi * (1.0f - sig)));
+                s.dy[i] = dout_row[i] * (zi * sig);
+            }
+        } else {
+            std::copy(dout_row, dout_row + len, s.dy.data());
+        }
+        float* du_row = g.du + row_offset + t0;
+        float* ddelta_row = g.ddelta + row_offset + t0;
+        for (int64_t i = len - 1; i >= 0; --i) {
+            const float dt = s.delta_eff[i], du = s.delta_u[i], dy = s.dy[i];
+            const float* B_t = Bt + (t0 + i) * N;
+            const float* C_t = Ct + (t0 + i) * N;
+            const float* decay = s.decay.data() + i * N;
+            const float* h = s.states.data() + i * N;
+            const float* h_before = i == 0 ? h_start : h - N;
+            float* dB_row = dB_t + (t0 + i) * N;
+            float* dC_row = dC_t + (t0 + i) * N;
+            StateVector<kN> g_B(s.terms.data()), decay_terms(s.terms2.data());
+#pragma omp simd
+            for (int64_t n = 0; n < N; ++n) {
+                const float g_n = carry[n] + dy * C_t[n];
+                const float x = g_n * decay[n] * h_before[n];
+                g_B[n] = g_n * B_t[n];
+                decay_terms[n] = x * A_row[n];
+                dA[n] += dt * x;
+                dB_row[n] += g_n * du;
+                dC_row[n] += dy * h[n];
+                carry[n] = g_n * decay[n];
+            }
+            const float g_dot_B = g_B.sum(N), decay_term = decay_terms.sum(N);
+            du_row[i] = D * dy + dt * g_dot_B;
+            float ddelta = u_row[i] * g_dot_B + decay_term;
+            if (in.softplus) ddelta *= s.delta_grad_scale[i];
+            ddelta_row[i] = ddelta;
+        }
+        // Sums over t in a fixed order (forward in t), independent of how the loop above was unrolled.
+        for (int64_t i = 0; i < len; ++i) {
+            dD += s.dy[i] * u_row[i];
+            dbias += ddelta_row[i];
+        }
+    }
+    std::copy(dA, dA + N, g.dA_partial + row * N);
+    g.dD_partial[row] = dD;
+    g.dbias_partial[row] = dbias;
+}
+
+// Calls body(std::integral_constant<int64_t, N>) for the common state sizes, whose loops over N then unroll
+// into whole registers, else body(std::integral_constant<int64_t, 0>) (N read at run time).
+template <class Body>
+void dispatch_state_size(int64_t N, const Body& body) {
+    switch (N) {
+        case 8: return body(std::integral_constant<int64_t, 8>{});
+        case 16: return body(std::integral_constant<int64_t, 16>{});
+        case 32: return body(std::integral_constant<int64_t, 32>{});
+        case 64: return body(std::integral_constant<int64_t, 64>{});
+        default: return body(std::integral_constant<int64_t, 0>{});
+    }
+}
+
+// How many channel blocks each (b, segment) is split into for the backward: a function of the shape only.
+int64_t backward_blocks(const Problem& p) {
+    const int64_t outer = p.batch * p.segments();
+    const int64_t wanted = (kTargetBackwardTasks + outer - 1) / std::max<int64_t>(1, outer);
+    return std::max<int64_t>(1, std::min(p.segment_size(), wanted));
+}
+
+// Sums the (L, N) partials of every block of every segment in a group, in channel order, into that group's
+// (N, L) gradient; ``groups`` is groups_B or groups_C.
+void reduce_state_time(const float* partial, float* out, int64_t groups, const Problem& p, int64_t blocks,
+                       int threads) {
+    const int64_t N = p.state, L = p.length;
+    const int64_t parts = p.segments() / groups * blocks;  // consecutive partials summed into one group
+    constexpr int64_t tile = 64;
+    const int64_t t_tiles = (L + tile - 1) / tile;
+    parallel_for(p.batch * groups * t_tiles, threads, [&](int64_t task, int) {
+        const int64_t bg = task / t_tiles, t0 = (task % t_tiles) * tile, len = std::min(tile, L - t0);
+        std::vector<float> sum(tile * N, 0.0f);
+        for (int64_t part = 0; part < parts; ++part) {
+            const float* src = partial + ((bg * parts + part) * L + t0) * N;
+            for (int64_t j = 0; j < len * N; ++j) sum[j] += src[j];
+        }
+        float* dst = out + bg * N * L;
+        for (int64_t n = 0; n < N; ++n)
+            for (int64_t i = 0; i < len; ++i) dst[n * L + t0 + i] = sum[i * N + n];
+    });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Python entry points.
+
+py::tuple selective_scan_fwd(const py::object& u, const py::object& delta, const py::object& A,
+                             const py::object& B, const py::object& C, const py::object& D,
+                             const py::object& z, const py::object& delta_bias, bool delta_softplus,
+                             int num_threads) {
+    const char* fn = "selective_scan_fwd";
+    const Problem p = check_inputs(fn, u, delta, A, B, C, D, z, delta_bias);
+    const int threads = resolve_threads(num_threads);
+    auto out = new_array({p.batch, p.dim, p.length});
+    auto last_state = new_array({p.batch, p.dim, p.state});
+    auto checkpoints = new_array({p.batch, p.dim, p.n_checkpoints(), p.state});
+    Inputs in{p,
+              float_buffer(u, fn, "u"),
+              float_buffer(delta, fn, "delta"),
+              float_buffer(A, fn, "A"),
+              nullptr,
+              nullptr,
+              optional_buffer(D, fn, "D"),
+              optional_buffer(z, fn, "z"),
+              optional_buffer(delta_bias, fn, "delta_bias"),
+              delta_softplus};
+    const float* B_data = float_buffer(B, fn, "B");
+    const float* C_data = float_buffer(C, fn, "C");
+    float* out_data = out.mutable_data();
+    float* last_data = last_state.mutable_data();
+    float* checkpoint_data = checkpoints.mutable_data();
+    {
+        py::gil_scoped_release release;
+        std::vector<float> Bt(static_cast<size_t>(p.batch * p.groups_B * p.length * p.state));
+        std::vector<float> Ct(static_cast<size_t>(p.batch * p.groups_C * p.length * p.state));
+        transpose_state_time(B_data, Bt.data(), p.groups_B, p, threads);
+        transpose_state_time(C_data, Ct.data(), p.groups_C, p, threads);
+        in.Bt = Bt.data();
+        in.Ct = Ct.data();
+        std::vector<ForwardScratch> scratch(static_cast<size_t>(threads), ForwardScratch(p.state));
+        dispatch_state_size(p.state, [&](auto n_fixed) {
+            parallel_for(p.batch * p.dim, threads, [&](int64_t row, int worker) {
+                forward_row<decltype(n_fixed)::value>(in, row / p.dim, row % p.dim, scratch[worker], out_data,
+                                                     last_data, checkpoint_data);
+            });
+        });
+    }
+    return py::make_tuple(out, last_state, checkpoints);
+}
+
+py::tuple selective_scan_bwd(const py::object& dout, const py::object& u, const py::object& delta,
+                             const py::object& A, const py::object& B, const py::object& C,
+                             const py::object& checkpoints, const py::object& D, const py::object& z,
+                             const py::object& delta_bias, bool delta_softplus, int num_threads) {
+    const char* fn = "selective_scan_bwd";
+    const Problem p = check_inputs(fn, u, delta, A, B, C, D, z, delta_bias);
+    const int threads = resolve_threads(num_threads);
+    const float* dout_data = float_buffer(dout, fn, "dout");
+    expect_shape(dout, {p.batch, p.dim, p.length}, fn, "dout", "(u's shape)");
+    const float* checkpoint_data = float_buffer(checkpoints, fn, "checkpoints");
+    expect_shape(checkpoints, {p.batch, p.dim, p.n_checkpoints(), p.state}, fn, "checkpoints",
+                 "(as returned by selective_scan_fwd for these inputs)");
+    auto du = new_array({p.batch, p.dim, p.length});
+    auto ddelta = new_array({p.batch, p.dim, p.length});
+    auto dA = new_array({p.dim, p.state});
+    std::vector<py::ssize_t> b_shape = {p.batch, p.state, p.length}, c_shape = b_shape;
+    if (p.b_grouped) b_shape = {p.batch, p.groups_B, p.state, p.length};
+    if (p.c_grouped) c_shape = {p.batch, p.groups_C, p.state, p.length};
+    auto dB = new_array(b_shape);
+    auto dC = new_array(c_shape);
+    auto dD = new_array({p.dim});
+    auto dbias = new_array({p.dim});
+    py::object dz = py::none();
+    Inputs in{p,
+              float_buffer(u, fn, "u"),
+              float_buffer(delta, fn, "delta"),
+              float_buffer(A, fn, "A"),
+              nullptr,
+              nullptr,
+              optional_buffer(D, fn, "D"),
+              optional_buffer(z, fn, "z"),
+              optional_buffer(delta_bias, fn, "delta_bias"),
+              delta_softplus};
+    Grads g{du.mutable_data(), ddelta.mutable_data(), nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+    if (in.z) {
+        auto dz_array = new_array({p.batch, p.dim, p.length});
+        g.dz = dz_array.mutable_data();
+        dz = dz_array;
+    }
+    const float* B_data = float_buffer(B, fn, "B");
+    const float* C_data = float_buffer(C, fn, "C");
+    float* dA_data = dA.mutable_data();
+    float* dB_data = dB.mutable_data();
+    float* dC_data = dC.mutable_data();
+    float* dD_data = dD.mutable_data();
+    float* dbias_data = dbias.mutable_data();
+    {
+        py::gil_scoped_release release;
+        const int64_t N = p.state, L = p.length;
+        std::vector<float> Bt(static_cast<size_t>(p.batch * p.groups_B * L * N));
+        std::vector<float> Ct(static_cast<size_t>(p.batch * p.groups_C * L * N));
+        transpose_state_time(B_data, Bt.data(), p.groups_B, p, threads);
+        transpose_state_time(C_data, Ct.data(), p.groups_C, p, threads);
+        in.Bt = Bt.data();
+        in.Ct = Ct.data();
+        const int64_t blocks = backward_blocks(p);
+        const int64_t segment = p.segment_size(), block_rows = (segment + blocks - 1) / blocks;
+        std::vector<float> dB_partial(static_cast<size_t>(p.batch * p.segments() * blocks * L * N), 0.0f);
+        std::vector<float> dC_partial(dB_partial.size(), 0.0f);
+        std::vector<float> dA_partial(static_cast<size_t>(p.batch * p.dim * N));
+        std::vector<float> dD_partial(static_cast<size_t>(p.batch * p.dim));
+        std::vector<float> dbias_partial(dD_partial.size());
+        g.dB_partial = dB_partial.data();
+        g.dC_partial = dC_partial.data();
+        g.dA_partial = dA_partial.data();
+        g.dD_partial = dD_partial.data();
+        g.dbias_partial = dbias_partial.data();
+        std::vector<BackwardScratch> scratch(static_cast<size_t>(threads), BackwardScratch(N));
+        const int64_t tasks_per_batch = p.segments() * blocks;
+        dispatch_state_size(N, [&](auto n_fixed) {
+            // task = (b, segment, block) in row-major order, which is also the order of the partial buffers.
+            parallel_for(p.batch * tasks_per_batch, threads, [&](int64_t task, int worker) {
+                const int64_t b = task / tasks_per_batch, seg = task % tasks_per_batch / blocks;
+                const int64_t first = seg * segment + task % blocks * block_rows;
+                const int64_t last = std::min(first + block_rows, (seg + 1) * segment);
+                float* dB_t = g.dB_partial + task * L * N;
+                float* dC_t = g.dC_partial + task * L * N;
+                for (int64_t d = first; d < last; ++d)
+                    backward_row<decltype(n_fixed)::value>(in, dout_data, checkpoint_data, b, d, scratch[worker],
+                                                           g, dB_t, dC_t);
+            });
+        });
+        reduce_state_time(g.dB_partial, dB_data, p.groups_B, p, blocks, threads);
+        reduce_state_time(g.dC_partial, dC_data, p.groups_C, p, blocks, threads);
+        // Sums over the batch, in batch order.
+        for (int64_t d = 0; d < p.dim; ++d) {
+            float dD_sum = 0.0f, dbias_sum = 0.0f;
+            for (int64_t n = 0; n < N; ++n) dA_data[d * N + n] = 0.0f;
+            for (int64_t b = 0; b < p.batch; ++b) {
+                const int64_t row = b * p.dim + d;
+                for (int64_t n = 0; n < N; ++n) dA_data[d * N + n] += dA_partial[row * N + n];
+                dD_sum += dD_partial[row];
+                dbias_sum += dbias_partial[row];
+            }
+            dD_data[d] = dD_sum;
+            dbias_data[d] = dbias_sum;
+        }
+    }
+    return py::make_tuple(du, ddelta, dA, dB, dC, in.D ? py::object(dD) : py::object(py::none()),
+                          in.delta_bias ? py::object(dbias) : py::object(py::none()), dz);
+}
+
+}  // namespace
+
+void register_selective_scan(py::module_& m) {
+    m.attr("selective_scan_chunk") = kChunk;
+    m.def("selective_scan_fwd", &selective_scan_fwd, py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"),
+          py::arg("C"), py::arg("D") = py::none(), py::arg("z") = py::none(), py::arg("delta_bias") = py::none(),
+          py::arg("delta_softplus") = false, py::arg("num_threads") = 0,
+          "Selective scan forward on C-contiguous float32 arrays (SPEC 6.2). u, delta, z: (batch, dim, L); "
+          "A: (dim, N); B, C: (batch, N, L) or (batch, groups, N, L); D, delta_bias: (dim,).\n"
+          "Returns (out (batch, dim, L), last_state (batch, dim, N), checkpoints) where checkpoints "
+          "(batch, dim, ceil(L/selective_scan_chunk) - 1, N) is what selective_scan_bwd needs. "
+          "num_threads=0 uses one thread per hardware thread; results do not depend on it.");
+    m.def("selective_scan_bwd", &selective_scan_bwd, py::arg("dout"), py::arg("u"), py::arg("delta"), py::arg("A"),
+          py::arg("B"), py::arg("C"), py::arg("checkpoints"), py::arg("D") = py::none(), py::arg("z") = py::none(),
+          py::arg("delta_bias") = py::none(), py::arg("delta_softplus") = false, py::arg("num_threads") = 0,
+          "Selective scan backward: the gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias, dz) of "
+          "sum(dout * out) for the inputs of selective_scan_fwd, float32, None where the input was None; "
+          "dB, dC have B's and C's shapes. Deterministic: the bits depend on neither num_threads nor scheduling.");
+}
+
+}  // namespace retailsim
