@@ -69,21 +69,24 @@ class _PriceHistogram:
         self.keys = np.zeros(0, np.int64)
         self.counts = np.zeros(0, np.int64)
         self.sums = np.zeros(0, np.float64)  # sum of the exact log prices in each bin
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per week: keys, counts, sums
 
     def add(self, product: np.ndarray, log_price: np.ndarray) -> None:
         ok = np.isfinite(log_price)
         quantised = np.clip(np.round(log_price[ok] / PRICE_QUANTUM), -_PRICE_OFFSET + 1, _PRICE_OFFSET - 1)
-        self._pending.append(((product[ok] << 31) + (quantised.astype(np.int64) + _PRICE_OFFSET), log_price[ok]))
-        if sum(len(p) for p, _ in self._pending) > 5_000_000:
+        keys = (product[ok] << 31) + (quantised.astype(np.int64) + _PRICE_OFFSET)
+        unique, inverse = np.unique(keys, return_inverse=True)  # a week holds few distinct (product, price) pairs
+        self._pending.append((unique, np.bincount(inverse, minlength=len(unique)),
+                              np.bincount(inverse, weights=log_price[ok], minlength=len(unique))))
+        if sum(len(p[0]) for p in self._pending) > 1_000_000:
             self._merge()
 
     def _merge(self) -> None:
         if not self._pending:
             return
-        keys = np.concatenate([self.keys] + [p for p, _ in self._pending])
-        counts = np.concatenate([self.counts] + [np.ones(len(p), np.int64) for p, _ in self._pending])
-        sums = np.concatenate([self.sums] + [v for _, v in self._pending])
+        keys = np.concatenate([self.keys] + [p[0] for p in self._pending])
+        counts = np.concatenate([self.counts] + [p[1] for p in self._pending])
+        sums = np.concatenate([self.sums] + [p[2] for p in self._pending])
         self.keys, inverse = np.unique(keys, return_inverse=True)
         self.counts = np.bincount(inverse, weights=counts).astype(np.int64)
         self.sums = np.bincount(inverse, weights=sums)
