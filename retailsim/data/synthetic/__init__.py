@@ -87,7 +87,7 @@ def generate(
 
     catalogue = build_catalogue(config)
     stores = build_stores(config)
-    customers = build_customers(config, catalogue, stores)
+    customers = build_customers(config, catalogue, stores, progress)
     _, validation_end = schema.split_boundaries(config.weeks)
     seen_customers = np.zeros(config.customers, dtype=bool)
     seen_products = np.zeros(config.products, dtype=bool)

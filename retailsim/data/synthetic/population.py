@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm.auto import tqdm
 
 from retailsim.data import schema
 from retailsim.data.synthetic.catalogue import Catalogue
@@ -98,7 +99,9 @@ def build_stores(config: GeneratorConfig) -> Stores:
     return Stores(k, store_format, region, traffic_cdf, codes)
 
 
-def build_customers(config: GeneratorConfig, catalogue: Catalogue, stores: Stores) -> Customers:
+def build_customers(
+    config: GeneratorConfig, catalogue: Catalogue, stores: Stores, progress: bool = False
+) -> Customers:
     rng = stream(config.seed, STREAM_CUSTOMERS)
     c = config.customers
     anonymous = rng.random(c) < ANONYMOUS_SHARE
@@ -116,7 +119,7 @@ def build_customers(config: GeneratorConfig, catalogue: Catalogue, stores: Store
     lifestage_known = ~anonymous & (rng.random(c) >= UNKNOWN_LIFESTAGE_SHARE)
     band_known = ~anonymous & (rng.random(c) >= UNKNOWN_PRICE_BAND_SHARE)
 
-    favourites, favourite_weight = _draw_favourites(config, catalogue, price_band)
+    favourites, favourite_weight = _draw_favourites(config, catalogue, price_band, progress)
     keys = np.arange(c, dtype=np.int64)[:, None] * catalogue.n_products + favourites
     order = np.argsort(keys, axis=None, kind="stable")
 
@@ -151,7 +154,7 @@ def build_customers(config: GeneratorConfig, catalogue: Catalogue, stores: Store
 
 
 def _draw_favourites(
-    config: GeneratorConfig, catalogue: Catalogue, price_band: np.ndarray
+    config: GeneratorConfig, catalogue: Catalogue, price_band: np.ndarray, progress: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each customer's favourites: the top of popularity + price preference + Gumbel noise (sampling without
     replacement, proportional to the explore weights of their band), ranked, with Zipf-like weights."""
@@ -160,7 +163,9 @@ def _draw_favourites(
     base = catalogue.popularity[None, :] + PRICE_PREFERENCE[:, catalogue.tier]  # [bands, P]
     favourites = np.empty((c, f), dtype=np.int32)
     weight = np.empty((c, f))
-    for chunk, start in enumerate(range(0, c, FAVOURITE_CHUNK)):
+    starts = range(0, c, FAVOURITE_CHUNK)
+    bar = tqdm(starts, desc="customers' favourites", unit="chunk", disable=not progress or len(starts) < 8)
+    for chunk, start in enumerate(bar):
         rng = stream(config.seed, STREAM_FAVOURITES, chunk)
         stop = min(c, start + FAVOURITE_CHUNK)
         keys = base[price_band[start:stop]] + rng.gumbel(size=(stop - start, n))
