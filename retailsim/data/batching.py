@@ -288,10 +288,10 @@ def _kernel(use_native: bool | None):
     return module.collate_items if module is not None else collate_items_numpy
 
 
-def collate_items(arrays: CollateArrays, sample_indices, *, seed: int, epoch: int, train: bool,
-                  mask_rate: float = DEFAULT_MASK_RATE, max_items: int = schema.MAX_BASKET_ITEMS,
-                  max_history: int = DEFAULT_MAX_HISTORY, use_native: bool | None = None) -> dict[str, np.ndarray]:
-    """The per-item arrays of a batch (native kernel or NumPy twin; ``use_native=None`` picks native if built)."""
+def kernel_arguments(arrays: CollateArrays, sample_indices, *, seed: int, epoch: int, train: bool,
+                     mask_rate: float = DEFAULT_MASK_RATE, max_items: int = schema.MAX_BASKET_ITEMS,
+                     max_history: int = DEFAULT_MAX_HISTORY) -> dict:
+    """Keyword arguments of the collate kernels (native, twin, reference) for these samples; validates the scalars."""
     if not 0.0 < mask_rate <= 1.0:
         raise ValueError(f"mask_rate must be in (0, 1], got {mask_rate}.")
     if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**64):
@@ -299,7 +299,7 @@ def collate_items(arrays: CollateArrays, sample_indices, *, seed: int, epoch: in
     if not (isinstance(epoch, (int, np.integer)) and 0 <= epoch < 2**64):
         raise ValueError(f"epoch must be an integer in 0..2**64-1, got {epoch!r}.")
     b = arrays.basket
-    return _kernel(use_native)(
+    return dict(
         basket_item_offsets=np.ascontiguousarray(b["basket_item_offsets"], np.int64),
         item_ids=np.ascontiguousarray(b["item_ids"], np.int32),
         item_price=np.ascontiguousarray(b["item_price"], np.float32),
@@ -314,6 +314,14 @@ def collate_items(arrays: CollateArrays, sample_indices, *, seed: int, epoch: in
         mask_rate_bp=int(round(mask_rate * 10000)), n_products=int(arrays.n_products), max_items=int(max_items),
         max_history=int(max_history), n_categories=int(arrays.n_categories),
     )
+
+
+def collate_items(arrays: CollateArrays, sample_indices, *, seed: int, epoch: int, train: bool,
+                  mask_rate: float = DEFAULT_MASK_RATE, max_items: int = schema.MAX_BASKET_ITEMS,
+                  max_history: int = DEFAULT_MAX_HISTORY, use_native: bool | None = None) -> dict[str, np.ndarray]:
+    """The per-item arrays of a batch (native kernel or NumPy twin; ``use_native=None`` picks native if built)."""
+    return _kernel(use_native)(**kernel_arguments(arrays, sample_indices, seed=seed, epoch=epoch, train=train,
+                                                  mask_rate=mask_rate, max_items=max_items, max_history=max_history))
 
 
 def context_features(arrays: CollateArrays, samples: np.ndarray, items: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

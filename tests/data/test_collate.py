@@ -29,15 +29,9 @@ def train_arrays(cache):
     return CollateArrays.from_cache(cache, "train")
 
 
-def cache_args(arrays: CollateArrays, samples, **kw):
-    b = arrays.basket
-    return kernel_args({
-        "basket_item_offsets": np.ascontiguousarray(b["basket_item_offsets"]), "item_ids": np.ascontiguousarray(b["item_ids"]),
-        "item_price": np.ascontiguousarray(b["item_price"]), "history_start": np.ascontiguousarray(b["history_start"]),
-        "history_end": np.ascontiguousarray(b["history_end_week"]), "basket_week": np.ascontiguousarray(b["week"]),
-        "stream_items": np.ascontiguousarray(arrays.stream_items), "stream_weeks": np.ascontiguousarray(arrays.stream_weeks),
-        "product_category": arrays.product_category, "n_products": arrays.n_products,
-        "n_categories": arrays.n_categories}, samples, **kw)
+def cache_args(arrays: CollateArrays, samples, *, mask_rate_bp=1500, **kw):
+    args = batching.kernel_arguments(arrays, samples, mask_rate=mask_rate_bp / 10000, train=kw.pop("train", True), **kw)
+    return {**args, "epoch": kw["epoch"]}  # the kernel's own epoch, also in evaluation
 
 
 def test_hash_is_splitmix64():
