@@ -36,9 +36,9 @@ bench: native
 
 # Training and evaluation join the demo with the model (issue 6); for now it generates and prepares the data.
 demo: native
-	$(VENV)/bin/retailsim generate --out $(DEMO_OUT)/raw
-	$(VENV)/bin/retailsim prepare-samples --input $(DEMO_OUT)/raw --out $(DEMO_OUT)/samples
-	$(VENV)/bin/retailsim prepare-tensor-cache --samples $(DEMO_OUT)/samples --out $(DEMO_OUT)/cache
+	$(VENV)/bin/retailsim generate --out $(DEMO_OUT)/raw --overwrite
+	$(VENV)/bin/retailsim prepare-samples --input $(DEMO_OUT)/raw --out $(DEMO_OUT)/samples --overwrite
+	$(VENV)/bin/retailsim prepare-tensor-cache --samples $(DEMO_OUT)/samples --out $(DEMO_OUT)/cache --overwrite
 
 clean:
 	rm -rf build $(VENV) retailsim/_native*.so .pytest_cache .benchmarks
