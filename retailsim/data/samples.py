@@ -1,8 +1,9 @@
 """Stage 1 — samples (SPEC 3.3): a TransactionSource → one Parquet file per split, one row per basket.
 
 Pass 1 (``training_stats``) reads the training weeks only; pass 2 reads every week once, in order, and writes
-each week as one row group of its split's file. Memory: one week plus the running aggregates (vocabulary,
-id maps, per-customer state).
+each week as one row group of its split's file. The source itself is parsed once (``week_spill``: pass 2
+replays the training weeks from a compressed scratch copy). Memory: one week plus the running aggregates
+(vocabulary, id maps, per-customer state).
 
 Output folder:
   train.parquet, validation.parquet, test.parquet   rows = baskets in time order (week, weekday, hour, basket id)
@@ -25,9 +26,9 @@ from tqdm import tqdm
 
 from retailsim.data import schema
 from retailsim.data.customer_state import CustomerState
-from retailsim.data.sources import InputCounters
 from retailsim.data.training_stats import PRICE_QUANTUM, TrainingStats, compute_training_stats
 from retailsim.data.week_lines import WeekLines, encode_week
+from retailsim.data.week_spill import SpilledWeeks
 from retailsim.errors import RetailSimInputError
 
 SAMPLES_FORMAT_VERSION = 1
@@ -105,18 +106,17 @@ def write_samples(source, out: Path, *, n_products: int = schema.DEFAULT_N_PRODU
     started = time.perf_counter()
     n_weeks = int(source.n_weeks())
     train_end, validation_end = resolve_split(n_weeks, split_weeks)
-    stats = compute_training_stats(source, train_end, n_products, show_progress)
-    if stats.train_baskets == 0:
-        raise RetailSimInputError(f"--input has no basket lines in the training weeks 1..{train_end}.")
-
-    # Pass 1 read the training weeks (and perhaps one more); the summary counts what pass 2 reads, once.
-    source.counters = InputCounters()
-    counts = {split: SplitCounts() for split in schema.SPLITS}
-    writers = {split: pq.ParquetWriter(out / f"{split}.parquet", SAMPLES_SCHEMA) for split in schema.SPLITS}
-    week_writer = _WeekWriter(stats)
+    weeks = SpilledWeeks(source, train_end, out / ".pass1_weeks")
+    writers = {}
     try:
+        stats = compute_training_stats(weeks.training_weeks(), train_end, n_products, show_progress)
+        if stats.train_baskets == 0:
+            raise RetailSimInputError(f"--input has no basket lines in the training weeks 1..{train_end}.")
+        counts = {split: SplitCounts() for split in schema.SPLITS}
+        writers = {split: pq.ParquetWriter(out / f"{split}.parquet", SAMPLES_SCHEMA) for split in schema.SPLITS}
+        week_writer = _WeekWriter(stats)
         bar = tqdm(total=n_weeks, desc="stage 1 pass 2: samples", unit="week", disable=not show_progress)
-        for week, table in source.weeks():
+        for week, table in weeks.all_weeks():
             split = schema.SPLITS[0 if week <= train_end else 1 if week <= validation_end else 2]
             samples, info = week_writer.week_samples(encode_week(week, table))
             writers[split].write_table(samples)
@@ -131,6 +131,7 @@ def write_samples(source, out: Path, *, n_products: int = schema.DEFAULT_N_PRODU
     finally:
         for writer in writers.values():
             writer.close()
+        weeks.remove()
 
     (out / "vocab.json").write_text(json.dumps(stats.vocab_json()))
     metadata = {

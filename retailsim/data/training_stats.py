@@ -113,7 +113,9 @@ class _PriceHistogram:
         return out
 
 
-def compute_training_stats(source, train_end: int, n_products: int, show_progress: bool = True) -> TrainingStats:
+def compute_training_stats(weeks, train_end: int, n_products: int, show_progress: bool = True) -> TrainingStats:
+    """Pass 1 over ``weeks``, an iterable of (week, canonical table) in week order; weeks after train_end are
+    not read."""
     product_index: dict[str, int] = {}
     product_first_categories: list[tuple] = []
     basket_counts = np.zeros(0, np.int64)
@@ -123,7 +125,7 @@ def compute_training_stats(source, train_end: int, n_products: int, show_progres
     regions: set[str] = set()
     rows = baskets = 0
     bar = tqdm(total=train_end, desc="stage 1 pass 1: training statistics", unit="week", disable=not show_progress)
-    for week, table in source.weeks():
+    for week, table in weeks:
         if week > train_end:
             break
         lines = encode_week(week, table)

@@ -204,3 +204,17 @@ def test_error_mid_stream_leaves_no_partial_output(tmp_path, lgsr_folder, capsys
 def _hand_canonical():
     """HAND_LINES as canonical rows (weekday 0 = Monday, anonymous = None)."""
     return [(w, (d + 5) % 7, h, b, c or None, p, q, s, st) for w, d, h, b, c, p, q, s, st in HAND_LINES]
+
+
+def test_source_is_read_once_and_a_missing_last_training_week_loses_nothing(tmp_path):
+    rows = [(w, 0, 9, f"B{w}", "X", "P", 1, 1.0, "S") for w in (1, 2, 4, 5, 6)]  # no week 3 = the last training week
+    source = TableSource(lines(*rows), n_weeks=6)
+    calls = []
+    weeks = source.weeks
+    source.weeks = lambda: calls.append(1) or weeks()
+    metadata, _, tables = run_stage1(tmp_path, source, n_products=5, split_weeks=(3, 4))
+    assert len(calls) == 1
+    assert [r["week"] for r in tables["train"]] == [1, 2] and [r["week"] for r in tables["validation"]] == [4]
+    assert [r["prior_baskets"] for split in schema.SPLITS for r in tables[split]] == [0, 1, 2, 3, 4]
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "metadata.json", "test.parquet", "train.parquet", "validation.parquet", "vocab.json"]
