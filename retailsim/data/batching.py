@@ -142,7 +142,11 @@ class CollateArrays:
         manifest = json.loads(manifest_path.read_text())
         arrays = load_cache(folder, split)
         category = np.ascontiguousarray(arrays["product_category"][:, -1], np.int32)
-        n_categories = max(1, int(category.max(initial=0)) + 1)
+        # coarsest level: 0 = unknown, then vocab.json's names (the width is the data set's, not the batch's)
+        vocab_path = folder / "vocab.json"
+        names = (json.loads(vocab_path.read_text()).get("categories", {}).get(schema.HIERARCHY_COLUMNS[-1], {})
+                 .get("names", []) if vocab_path.is_file() else [])
+        n_categories = max(1, len(names) + 1, int(category.max(initial=0)) + 1)
         basket = {name: arrays[name] for name in arrays if name not in
                   ("stream_items", "stream_weeks", "stream_offsets", "product_category", "product_train_baskets",
                    "product_log_price_median", "product_has_price")}
