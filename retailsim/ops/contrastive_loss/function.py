@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from retailsim.ops.contrastive_loss.reference import reduce_rows
 
@@ -80,6 +81,7 @@ class ContrastiveLossFunction(torch.autograd.Function):
         return loss.to(anchors.dtype)
 
     @staticmethod
+    @once_differentiable  # the backward is hand-written; a second derivative raises instead of being wrong
     def backward(ctx, grad_loss):
         anchors, candidates, row_max, row_sum, weighted, candidate_grad_unit = ctx.saved_tensors
         index, scale, impl = ctx.index, ctx.scale, ctx.impl
