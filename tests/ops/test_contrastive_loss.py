@@ -64,8 +64,9 @@ def upstream_for(reduction, n, gen, dtype=torch.float64, device="cpu"):
 def check_fp32_parity(floats, ids, gen, reduction="mean", **kwargs):
     n = floats["anchors"].shape[0]
     upstream = upstream_for(reduction, n, gen)
-    ref, ref_grads = loss_and_grads(contrastive_loss_ref, as64(floats), {k: None if v is None else v.cpu() for k, v in ids.items()},
-                                    upstream, reduction=reduction, **kwargs)
+    cpu_ids = {k: None if v is None else v.cpu() for k, v in ids.items()}
+    ref, ref_grads = loss_and_grads(contrastive_loss_ref, as64(floats), cpu_ids, upstream, reduction=reduction,
+                                    **kwargs)
     out, grads = loss_and_grads(contrastive_loss, floats, ids, upstream.to(floats["anchors"].device),
                                 reduction=reduction, **kwargs)
     assert out.dtype == floats["anchors"].dtype and out.shape == ref.shape

@@ -24,7 +24,8 @@ KEEPS_INPUT_DTYPE = True  # bf16/fp16 operands go to tl.dot as they are; accumul
 
 # Kernels may read module globals only when they are constexpr.
 LOG2E = tl.constexpr(1.4426950408889634)
-M_INIT = tl.constexpr(-1.0e30)  # finite running-max start: a block with no allowed candidate then gives exp2(-inf) = 0, not NaN
+# Finite running-max start: a block with no allowed candidate then gives exp2(-inf) = 0, not NaN.
+M_INIT = tl.constexpr(-1.0e30)
 
 
 @triton.jit
