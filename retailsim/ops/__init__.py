@@ -6,5 +6,6 @@ from retailsim.ops.backend import backend_info, get_backend, set_backend
 from retailsim.ops.causal_conv import causal_conv1d  # noqa: F401
 from retailsim.ops.selective_scan import selective_scan  # noqa: F401
 from retailsim.ops.contrastive_loss import contrastive_loss
+from retailsim.ops.focal_loss import focal_loss, linear_focal_loss  # noqa: F401
 
 __all__ = ["backend_info", "get_backend", "set_backend"]
