@@ -61,7 +61,11 @@ def make_inputs(batch, dim, length, dstate, *, seed, groups=None, options="all",
         delta_bias=randn(dim, scale=0.3, dt=torch.float32) if has_bias else None,
     )
     if not softplus and delta is None:
-        inputs["delta"] = inputs["delta"].abs()  # a positive step, as softplus would give
+        # A positive step, as softplus would give: a negative Δ + bias makes exp(Δ A) > 1 and the state
+        # overflows float32 within a few hundred steps (seen on CUDA at L = 200), which no model produces.
+        inputs["delta"] = inputs["delta"].abs()
+        if inputs["delta_bias"] is not None:
+            inputs["delta_bias"] = inputs["delta_bias"].abs()
     return inputs, softplus
 
 
