@@ -48,7 +48,7 @@ def focal_loss_rows(
         y_safe = torch.where(in_range, y, torch.zeros_like(y))[:, None]  # (R, 1)
         row_max, argmax = z.max(dim=1, keepdim=True)  # (R, 1)
         # rest = sum of exp(z - max) without the argmax's own 1, so log1p keeps its digits as p_y -> 1.
-        exps = torch.exp(z - row_max).scatter_(1, argmax, 0.0)  # (R, V)
+        exps = torch.sub(z, row_max).exp_().scatter_(1, argmax, 0.0)  # (R, V)
         log_sum = torch.log1p(exps.sum(dim=1, keepdim=True))  # (R, 1)
         ce = ((row_max - z.gather(1, y_safe)) + log_sum).clamp(min=0)  # (R, 1)
         q = -torch.expm1(-ce)  # 1 - p_y
@@ -67,6 +67,6 @@ def focal_loss_rows(
         if reduction == "mean":
             coef = coef * inv_count
         coef = torch.where(invalid, nan, coef)
-        probs = torch.exp(z - (row_max + log_sum), out=exps).scatter_(1, y_safe, -q)  # p_j, and p_y - 1 = -q
-        grad_out[rows] = (probs * coef).to(grad_out.dtype)
+        probs = torch.sub(z, row_max + log_sum, out=exps).exp_().scatter_(1, y_safe, -q)  # p_j; p_y - 1 = -q
+        grad_out[rows] = probs.mul_(coef)  # the copy casts to grad_out's dtype
     return loss, grad_out
