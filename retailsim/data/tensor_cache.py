@@ -11,8 +11,10 @@ Basket b's items are ``item_ids[basket_item_offsets[b]:basket_item_offsets[b+1]]
 ``stream_items[history_start[b]:history_end[b]]`` (earlier baskets only) with ``stream_weeks`` the week of each.
 
 Two passes over the Stage 1 files: the first sizes every array and each customer's stream slice, the second
-fills them one row group (one week) at a time: basket arrays are appended to their files, the stream is
-scattered into a memory map that is flushed and reopened so the resident set stays bounded.
+fills them one row group (one week) at a time: basket arrays are appended to their files (heap: one week),
+the stream is scattered into a memory map of its file. Every week touches most customers' slices, so the
+mapped stream's pages (6 bytes per item) count in the resident set up to the stream's size; they are file
+pages, flushed and unmapped every _REMAP_EVERY_ITEMS items, which the kernel can reclaim (not heap).
 """
 from __future__ import annotations
 
@@ -201,7 +203,7 @@ def write_tensor_cache(samples: Path, out: Path, *, show_progress: bool = True, 
 
 
 class _StreamFiles:
-    """The shared stream arrays as memory maps, reopened now and then so written pages leave the resident set."""
+    """The shared stream arrays as memory maps, flushed and reopened now and then so written pages are clean."""
 
     def __init__(self, folder: Path, stream_offsets: np.ndarray, use_native: bool | None) -> None:
         self.folder, self.since_remap = folder, 0
