@@ -3,7 +3,8 @@
 The forward pass computes the loss and every gradient at once (one pass over the logits); backward only
 multiplies the saved gradients by ``grad_output``. The work itself sits in ``torch.library`` custom ops, so
 ``torch.compile`` treats it as one opaque call instead of tracing (or breaking on) a Triton launch or a
-Python loop over row chunks. The backend ("triton" or "torch") is resolved by the caller and passed in.
+Python loop over row chunks; eager calls run the same Python implementation without the dispatcher round
+trip. The backend ("triton" or "torch") is resolved by the caller and passed in.
 """
 from __future__ import annotations
 

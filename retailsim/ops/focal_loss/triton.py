@@ -18,7 +18,8 @@ MAX_BLOCK_V = 4096  # widest vocabulary chunk one program holds in registers (nu
 def _expm1_neg(x):
     # -expm1(-x) = 1 - exp(-x) for x >= 0 without cancellation: Taylor series (Horner, 7 terms) below 0.25,
     # where it is exact to < 1e-8 relative, else 1 - exp(-x), whose relative error there is < 3e-7.
-    series = x * (1.0 - x * (0.5 - x * (1.0 / 6.0 - x * (1.0 / 24.0 - x * (1.0 / 120.0 - x * (1.0 / 720.0 - x / 5040.0))))))
+    tail = 1.0 / 24.0 - x * (1.0 / 120.0 - x * (1.0 / 720.0 - x / 5040.0))
+    series = x * (1.0 - x * (0.5 - x * (1.0 / 6.0 - x * tail)))
     return tl.where(x < 0.25, series, 1.0 - tl.exp(-x))
 
 
