@@ -314,9 +314,16 @@ Problem check_inputs(const char* fn, const py::object& u, const py::object& delt
     return p;
 }
 
-int resolve_threads(int num_threads) {
+// Threads for a problem: as asked (0: one per hardware thread), but no more than one per kMinWorkPerThread
+// state updates, so that small problems do not pay more to start threads than the scan costs. The split of
+// the work into tasks does not depend on this number, so neither do the results.
+constexpr int64_t kMinWorkPerThread = int64_t(1) << 17;
+
+int resolve_threads(int num_threads, const Problem& p) {
     if (num_threads < 0) throw py::value_error("num_threads must be >= 0 (0: one per hardware thread).");
-    return num_threads == 0 ? default_threads() : num_threads;
+    const int64_t work = p.batch * p.dim * p.length * p.state;
+    const int asked = num_threads == 0 ? default_threads() : num_threads;
+    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(asked, work / kMinWorkPerThread)));
 }
 
 template <class T>
@@ -669,7 +676,7 @@ py::tuple forward_impl(const py::object& u, const py::object& delta, const py::o
                              const py::object& z, const py::object& delta_bias, bool delta_softplus,
                              int num_threads, const char* fn) {
         const Problem p = check_inputs<T>(fn, u, delta, A, B, C, D, z, delta_bias);
-    const int threads = resolve_threads(num_threads);
+    const int threads = resolve_threads(num_threads, p);
     auto out = new_array<T>({p.batch, p.dim, p.length});
     auto last_state = new_array<T>({p.batch, p.dim, p.state});
     auto checkpoints = new_array<T>({p.batch, p.dim, p.n_checkpoints(), p.state});
@@ -714,7 +721,7 @@ py::tuple backward_impl(const py::object& dout, const py::object& u, const py::o
                              const py::object& delta_bias, bool delta_softplus, int num_threads,
                              const char* fn) {
         const Problem p = check_inputs<T>(fn, u, delta, A, B, C, D, z, delta_bias);
-    const int threads = resolve_threads(num_threads);
+    const int threads = resolve_threads(num_threads, p);
     const T* dout_data = buffer<T>(dout, fn, "dout");
     expect_shape(dout, {p.batch, p.dim, p.length}, fn, "dout", "(u's shape)");
     const T* checkpoint_data = buffer<T>(checkpoints, fn, "checkpoints");
