@@ -215,8 +215,10 @@ def _linear_inputs(seed, n_rows, hidden_size, n_cols, dtype=torch.float32):
 
 @pytest.fixture
 def small_linear_chunks(monkeypatch):
-    """Logit chunks of 3 rows at V = 75 fp32 (padded to 80: 960 bytes), so the row loop runs several times."""
+    """Logit chunks of 3 rows at V = 75 fp32 (900 bytes), so the row loop runs several times, and V padded to
+    80 for the matmuls as on CUDA."""
     monkeypatch.setattr(focal_function, "LOGITS_CHUNK_BYTES", 960)
+    monkeypatch.setattr(focal_function, "PAD_OFF_CUDA", True)
 
 
 def _check_linear(hidden, weight, bias, target, alpha, bound=FP32_REL_ERR, **kwargs):
@@ -286,6 +288,18 @@ def test_linear_focal_loss_deterministic_and_no_grad(path, small_linear_chunks):
     assert all(torch.equal(a, b) for a, b in zip(*runs))
     with torch.no_grad():
         assert torch.equal(linear_focal_loss(hidden, weight, target, bias=bias), runs[0][0])
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_no_rows_at_all(path, reduction):
+    logits = torch.randn(0, 30, requires_grad=True)
+    hidden, weight = torch.randn(0, 8, requires_grad=True), torch.randn(30, 8, requires_grad=True)
+    target = torch.zeros(0, dtype=torch.long)
+    for loss in (focal_loss(logits, target, reduction=reduction),
+                 linear_focal_loss(hidden, weight, target, reduction=reduction)):
+        assert torch.isfinite(loss).all() and loss.sum().item() == 0
+        loss.sum().backward()
+    assert logits.grad.shape == (0, 30) and hidden.grad.shape == (0, 8) and (weight.grad == 0).all()
 
 
 def test_linear_focal_loss_all_rows_ignored(path):

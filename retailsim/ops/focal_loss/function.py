@@ -22,6 +22,7 @@ LOGITS_CHUNK_BYTES = 128 << 20
 # cuBLAS takes its fast (sm90) kernels only when leading dimensions are multiples of 16 bytes; an odd V such as
 # 5003 fell back to sm75 kernels at ~70 TFLOP/s. V is padded with zero weight rows to a multiple of this.
 MATMUL_ALIGN = 8
+PAD_OFF_CUDA = False  # CPU BLAS does not care (and the copy costs); tests switch it on to cover the padded path
 
 
 def _rows_fn(backend: str):
@@ -127,9 +128,9 @@ def _linear_chunks(
     n_rows, n_cols = hidden.shape[0], weight.shape[0]
     rows_fn = _rows_fn(backend)
     step = chunk_rows(n_cols, hidden.element_size(), chunk_bytes)
-    single_chunk = step >= n_rows
+    single_chunk = 0 < n_rows <= step
     accumulate_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    pad = -n_cols % MATMUL_ALIGN
+    pad = -n_cols % MATMUL_ALIGN if (hidden.is_cuda or PAD_OFF_CUDA) else 0
     if pad:  # zero rows: their logits are 0 (bias padded with 0 too) and their gradient is zeroed below
         weight = torch.nn.functional.pad(weight, (0, 0, 0, pad))  # (V_pad, H)
         bias = None if bias is None else torch.nn.functional.pad(bias, (0, pad))
