@@ -93,7 +93,7 @@ def accelerated_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     return (y * F.silu(z.float())).to(u.dtype)
 
 
-def peer(impl: str, device: torch.device, length: int):
+def peer(impl: str, device: torch.device, length: int, passes: str):
     """The function to time for ``impl``, or a reason to skip."""
     if impl in ("ours", "torch-path"):
         return selective_scan
@@ -116,6 +116,9 @@ def peer(impl: str, device: torch.device, length: int):
     if impl == "torch.compile":
         if device.type != "cuda":
             pytest.skip("torch.compile of the reference is a CUDA peer here (CPU compile of the loop: minutes)")
+        if passes != "fwd":
+            pytest.skip("torch.compile of the reference: forward only (compiling the unrolled backward would "
+                        "take gpu_check past its 8 minutes)")
         if length > COMPILE_MAX_LENGTH:
             pytest.skip(f"torch.compile unrolls the reference's {length}-step loop; compared at L <= "
                         f"{COMPILE_MAX_LENGTH} (the small-shape row)")
@@ -163,7 +166,7 @@ def test_selective_scan(benchmark, device, quick, impl, passes, case):
     if case >= len(all_cases):
         pytest.skip("no such case on this device")
     name, shape, dtype = all_cases[case]
-    fn = peer(impl, device, shape[2])
+    fn = peer(impl, device, shape[2], passes)
     if impl in ("torch-path", "triton"):
         backend.set_backend("torch" if impl == "torch-path" else "triton")
     inputs = problem(shape, dtype, device)

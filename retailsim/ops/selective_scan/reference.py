@@ -59,9 +59,10 @@ def selective_scan_ref(
     drive = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)                 # (batch, dim, L, N)
     state = u.new_zeros(batch, dim, A.shape[1])                             # (batch, dim, N)
     ys = []
-    for t in range(length):
-        state = decay[:, :, t] * state + drive[:, :, t]
-        ys.append(torch.einsum("bdn,bdn->bd", state, C[:, :, :, t]))
+    # unbind, not indexing: indexing's backward would materialise a full-size gradient at every step.
+    for decay_t, drive_t, C_t in zip(decay.unbind(2), drive.unbind(2), C.unbind(3)):
+        state = decay_t * state + drive_t                                   # (batch, dim, N)
+        ys.append(torch.einsum("bdn,bdn->bd", state, C_t))
     y = torch.stack(ys, dim=2)                                              # (batch, dim, L)
     if D is not None:
         y = y + u * D[:, None].to(work)
