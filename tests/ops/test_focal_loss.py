@@ -185,6 +185,21 @@ def test_focal_loss_deterministic(path):
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
+def test_focal_loss_inplace_backward(path):
+    logits, target, alpha = _inputs(seed=22, n_rows=9, n_cols=75)
+    expected = logits.clone().requires_grad_()
+    focal_loss(expected, target, alpha=alpha.float()).backward()
+    x = logits.clone().requires_grad_()
+    loss = focal_loss(x, target, alpha=alpha.float(), inplace_backward=True)
+    assert not torch.equal(x.detach(), logits), "the gradient was not written over the logits"
+    loss.backward()
+    assert torch.equal(x.grad, expected.grad)
+    # logits that another node saved for its backward: autograd must refuse rather than use overwritten values
+    source = logits.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="inplace"):
+        focal_loss(source.exp(), target, inplace_backward=True).backward()
+
+
 def test_focal_loss_masked_out_classes(path):
     # -inf logits (classes excluded from the candidates), whole vocabulary blocks of them included.
     logits, target, _ = _inputs(seed=21, n_rows=6, n_cols=75, n_ignored=0)

@@ -50,6 +50,8 @@ def focal_loss(
     alpha: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
+    *,
+    inplace_backward: bool = False,
 ) -> torch.Tensor:
     """Softmax focal loss over the last dimension: ``-alpha[y] (1 - p_y)^gamma log p_y``.
 
@@ -62,6 +64,9 @@ def focal_loss(
             ``mean`` still divides by the number of rows, not by the sum of their weights.
         ignore_index: target value of rows that contribute 0 loss and 0 gradient.
         reduction: ``"mean"`` (over non-ignored rows; 0 when every row is ignored), ``"sum"`` or ``"none"``.
+        inplace_backward: write the gradient over ``logits`` instead of a new (..., V) buffer (saves that much
+            memory). Their values are undefined afterwards, and a backward that needs them raises autograd's
+            in-place error. Ignored under ``torch.compile``, which never lets an op write its inputs.
 
     Returns:
         A scalar, or (...) per-row losses for ``"none"``, in logits' dtype. An out-of-range target raises on
@@ -87,7 +92,8 @@ def focal_loss(
         logits2d = logits2d.contiguous()
     alpha = None if alpha is None else alpha.detach().contiguous()
     loss = FocalLossFunction.apply(
-        logits2d, target.reshape(-1), alpha, float(gamma), int(ignore_index), reduction, backend
+        logits2d, target.reshape(-1), alpha, float(gamma), int(ignore_index), reduction, backend,
+        bool(inplace_backward) and logits2d.data_ptr() == logits.data_ptr() and logits2d.is_contiguous(),
     )
     return loss.reshape(target.shape) if reduction == "none" else loss
 

@@ -47,20 +47,24 @@ def _count_valid(target: torch.Tensor, ignore_index: int, reduction: str) -> Opt
 # ---------------------------------------------------------------------------------------------- focal_loss
 def _focal_loss_forward_impl(
     logits: torch.Tensor, target: torch.Tensor, alpha: Optional[torch.Tensor], gamma: float, ignore_index: int,
-    reduction: str, compute_grad: bool, backend: str,
+    reduction: str, compute_grad: bool, backend: str, grad_out: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (N, V), target (N,) -> (loss: () or (N,) in logits' dtype, gradient (N, V) or empty)."""
+    """logits (N, V), target (N,) -> (loss: () or (N,) in logits' dtype, gradient (N, V) or empty).
+    ``grad_out`` (eager only, never through the custom op): where the gradient goes, ``logits`` for in place."""
     n_valid = _count_valid(target, ignore_index, reduction)
     per_row, grad = _rows_fn(backend)(
-        logits, target, alpha, gamma, ignore_index, reduction, compute_grad, n_valid=n_valid
+        logits, target, alpha, gamma, ignore_index, reduction, compute_grad, grad_out=grad_out, n_valid=n_valid
     )
     loss = _reduce(per_row, n_valid, reduction, logits.dtype)
     return loss, grad if compute_grad else logits.new_empty(0)
 
 
-focal_loss_forward = torch.library.custom_op(
-    "retailsim::focal_loss_forward", _focal_loss_forward_impl, mutates_args=()
-)
+@torch.library.custom_op("retailsim::focal_loss_forward", mutates_args=())
+def focal_loss_forward(
+    logits: torch.Tensor, target: torch.Tensor, alpha: Optional[torch.Tensor], gamma: float, ignore_index: int,
+    reduction: str, compute_grad: bool, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _focal_loss_forward_impl(logits, target, alpha, gamma, ignore_index, reduction, compute_grad, backend)
 
 
 @focal_loss_forward.register_fake
@@ -71,12 +75,17 @@ def _(logits, target, alpha, gamma, ignore_index, reduction, compute_grad, backe
 
 class FocalLossFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, alpha, gamma, ignore_index, reduction, backend):
-        # Eager calls skip the dispatcher round trip of the custom op (host time is most of a small call).
-        forward = focal_loss_forward if torch.compiler.is_compiling() else _focal_loss_forward_impl
-        loss, grad = forward(
-            logits, target, alpha, gamma, ignore_index, reduction, ctx.needs_input_grad[0], backend
-        )
+    def forward(ctx, logits, target, alpha, gamma, ignore_index, reduction, backend, inplace_backward=False):
+        compute_grad = ctx.needs_input_grad[0]
+        args = (logits, target, alpha, gamma, ignore_index, reduction, compute_grad, backend)
+        if torch.compiler.is_compiling():  # a custom op may not write its inputs: compiled calls never do
+            loss, grad = focal_loss_forward(*args)
+        elif inplace_backward and compute_grad:
+            loss, grad = _focal_loss_forward_impl(*args, grad_out=logits)
+            # Autograd then refuses a backward that needs the overwritten logits instead of using them.
+            torch.autograd.graph.increment_version(logits)
+        else:  # eager calls skip the dispatcher round trip of the custom op (host time is most of a small call)
+            loss, grad = _focal_loss_forward_impl(*args)
         ctx.reduction = reduction
         ctx.save_for_backward(grad)
         return loss
@@ -85,7 +94,7 @@ class FocalLossFunction(torch.autograd.Function):
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
         scale = grad_loss[:, None] if ctx.reduction == "none" else grad_loss
-        return grad * scale.to(grad.dtype), None, None, None, None, None, None
+        return grad * scale.to(grad.dtype), None, None, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------- linear_focal_loss
