@@ -340,3 +340,17 @@ def test_cuda_triton_deterministic_and_strided():
     contiguous = selective_scan(u.contiguous(), inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
                                 z=z.contiguous())
     assert torch.equal(strided, contiguous)
+
+
+def test_backend_is_fixed_when_the_call_is_recorded():
+    """Switching the backend between forward and backward does not change who runs the backward."""
+    use_path("torch")
+    inputs, softplus = make_inputs(1, 3, 20, 4, seed=141, groups=3)
+    dout = torch.randn(1, 3, 20, generator=torch.Generator().manual_seed(142))
+    expected = run(inputs, softplus, dout)[2]
+    leaves = {k: (v.clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
+    out = selective_scan(**leaves, delta_softplus=softplus)
+    backend.set_backend("native" if native_launchers() is not None else "triton")
+    out.backward(dout)
+    for name, grad in expected.items():
+        assert torch.equal(leaves[name].grad, grad), name
