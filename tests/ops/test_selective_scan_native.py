@@ -44,6 +44,10 @@ SHAPES = {  # id -> (batch, dim, L, N, B groups, C groups); None: (batch, N, L)
     "L130-dim12-N64-groupsB4": (1, 12, 130, 64, 4, None),
     "L70-dim6-N5-groupsC2": (2, 6, 70, 5, None, 2),
     "L4097-dim3-N16": (1, 3, 4097, 16, None, None),
+    # the kernel's other compile-time state sizes (8, 32) and a large run-time one
+    "L100-dim7-N8": (2, 7, 100, 8, None, None),
+    "L65-dim3-N32-groups3": (2, 3, 65, 32, 3, 3),
+    "L40-dim2-N256": (1, 2, 40, 256, None, None),
 }
 
 needs_cpp = pytest.mark.skipif(not native.available(), reason="retailsim._native with the selective_scan kernel "
