@@ -88,25 +88,11 @@ def make_inputs(batch, dim, length, dstate, *, seed, groups_B=None, groups_C=Non
     return inputs, softplus
 
 
-# Autograd through the step-by-step reference costs ~10 ms per step here: beyond this length the gradients'
-# float64 truth comes from the launchers' own float64 build instead (the C++ kernel compiled for double, or
-# the PyTorch path in float64), which the float64 gradchecks below and the shorter parity tests tie to the
-# reference; out and last_state still come from the reference itself.
-AUTOGRAD_REFERENCE_MAX_L = 1024
-
-
-def reference64(inputs, softplus, dout, launchers=None):
-    """(out, last_state, grads by name) in float64: the reference, differentiated by autograd."""
-    leaves = {n: None if t is None else t.detach().double() for n, t in inputs.items()}
-    present = [n for n in NAMES if leaves[n] is not None]
-    if launchers is not None and inputs["u"].shape[-1] > AUTOGRAD_REFERENCE_MAX_L:
-        with torch.no_grad():
-            out, last = selective_scan_ref(**leaves, delta_softplus=softplus, return_last_state=True)
-        _, _, _, grads = run_launchers(launchers, leaves, softplus, dout.double())
-        return out, last, {n: grads[n] for n in present}
-    for name in present:
-        leaves[name].requires_grad_(True)
+def reference64(inputs, softplus, dout):
+    """(out, last_state, grads by name) of the float64 step-by-step reference, differentiated by autograd."""
+    leaves = {n: None if t is None else t.detach().double().requires_grad_(True) for n, t in inputs.items()}
     out, last = selective_scan_ref(**leaves, delta_softplus=softplus, return_last_state=True)
+    present = [n for n in NAMES if leaves[n] is not None]
     grads = torch.autograd.grad(out, [leaves[n] for n in present], dout.double())
     return out.detach(), last.detach(), dict(zip(present, grads))
 
@@ -126,7 +112,7 @@ def assert_matches_reference(launchers, inputs, softplus, seed, out_bound=FP32_R
                              grad_bound=FP32_GRAD_REL_ERR):
     dout = random_dout(inputs, seed)
     out, last, _, grads = run_launchers(launchers, inputs, softplus, dout)
-    out64, last64, grads64 = reference64(inputs, softplus, dout, launchers)
+    out64, last64, grads64 = reference64(inputs, softplus, dout)
     assert out.dtype == torch.float32 and out.shape == inputs["u"].shape
     assert last.dtype == torch.float32 and last.shape == last64.shape
     assert_fp32_close(out, out64, "out", out_bound)
@@ -180,7 +166,7 @@ def test_long_sequence_extreme_delta(launchers, regime, low, high):
     inputs, softplus = make_inputs(1, 4, 4096, 16, seed=132, options="D", delta=delta)
     dout = random_dout(inputs, 133)
     out, last, _, grads = run_launchers(launchers, inputs, softplus, dout)
-    out64, last64, grads64 = reference64(inputs, softplus, dout, launchers)
+    out64, last64, grads64 = reference64(inputs, softplus, dout)
     for name, tensor in [("out", out), ("last_state", last), *grads.items()]:
         assert tensor is None or torch.isfinite(tensor).all(), f"{name} has NaN/Inf ({regime} Δ)"
     assert_fp32_close(out, out64, "out", SCAN_EXTREME_REL_ERR)
