@@ -95,7 +95,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         stop = min(length, start + chunk)
         checkpoints.append(state)
         _, _, states = _chunk_states(p, start, stop, state)
-        y = (states * p["C"][start:stop]).sum(-1)                            # (T, batch, G, dim/G)
+        y = (states @ p["C"][start:stop].transpose(-1, -2)).squeeze(-1)       # (T, batch, G, dim/G)
         out_t[start:stop] = _gate(p, y, start, stop)
         state = states[-1].clone()
     out = _to_bdl(out_t, batch, dim).contiguous()
@@ -124,8 +124,10 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus
         decay, drive, states = _chunk_states(p, start, stop, checkpoints[index])
         u_c, delta_c, C_c, B_c = p["u"][start:stop], p["delta"][start:stop], p["C"][start:stop], p["B"][start:stop]
         dy = dout_t[start:stop]
+        # Contractions as batched matmuls over (T, batch, G): einsum would copy the big operands first.
+        C_col, B_col = C_c.transpose(-1, -2), B_c.transpose(-1, -2)          # (T, batch, G, N, 1)
         if z is not None:
-            y = (states * C_c).sum(-1)
+            y = (states @ C_col).squeeze(-1)
             if D is not None:
                 y = y + u_c * p["D"]
             gate_sig = torch.sigmoid(p["z"][start:stop])
@@ -136,14 +138,16 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus
         for t in reversed(range(stop - start)):
             adjoint[t].add_(carry)
             carry = decay[t] * adjoint[t]
-        previous = torch.cat([checkpoints[index][None], states[:-1]])       # h_{t-1}
-        decayed = decay * previous                                          # exp(ΔA) h_{t-1}
-        weighted = adjoint * decayed
-        ddelta_t[start:stop] = (weighted * p["A"]).sum(-1) + (adjoint * B_c).sum(-1) * u_c
-        dA += (weighted * delta_c[..., None]).sum((0, 1))
-        dB_t[start:stop] = (adjoint * (delta_c * u_c)[..., None]).sum(3)
-        dC_t[start:stop] = (states * dy[..., None]).sum(3)
-        du_c = (adjoint * B_c).sum(-1) * delta_c
+        weighted = torch.empty_like(decay)                                  # g_t exp(Δ_t A) h_{t-1}
+        torch.mul(decay[0], checkpoints[index], out=weighted[0])
+        torch.mul(decay[1:], states[:-1], out=weighted[1:])
+        weighted.mul_(adjoint)
+        gB = (adjoint @ B_col).squeeze(-1)                                  # Σ_n g_t B_t
+        ddelta_t[start:stop] = (weighted * p["A"]).sum(-1) + gB * u_c
+        dA += weighted.mul_(delta_c[..., None]).sum((0, 1))
+        dB_t[start:stop] = (adjoint.transpose(-1, -2) @ (delta_c * u_c)[..., None]).squeeze(-1)
+        dC_t[start:stop] = (states.transpose(-1, -2) @ dy[..., None]).squeeze(-1)
+        du_c = gB * delta_c
         if D is not None:
             du_c = du_c + dy * p["D"]
             dD += (dy * u_c).sum((0, 1))
