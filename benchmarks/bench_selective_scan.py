@@ -152,7 +152,7 @@ def repetitions(impl: str, device: torch.device, quick: bool) -> dict:
         return dict(rounds=3)
     if impl in ("ours", "accelerated-scan") or quick:
         return dict(rounds=5)
-    return dict(rounds=2, cuda_reps=3)
+    return dict(rounds=1, cuda_reps=3)
 
 
 IMPLS = ("ours", "triton", "torch-path", "reference", "mambapy", "accelerated-scan", "torch.compile")
@@ -166,6 +166,8 @@ def test_selective_scan(benchmark, device, quick, impl, passes, case):
     if case >= len(all_cases):
         pytest.skip("no such case on this device")
     name, shape, dtype = all_cases[case]
+    if impl == "torch-path" and device.type == "cuda" and shape == SPEC_CUDA_SHAPE:
+        pytest.skip("the PyTorch path is the MPS/CPU fallback: on CUDA it is timed at the small shape only")
     fn = peer(impl, device, shape[2], passes)
     if impl in ("torch-path", "triton"):
         backend.set_backend("torch" if impl == "torch-path" else "triton")
