@@ -7,9 +7,10 @@
 //
 // Layout: u, delta, z, out (batch, dim, L); A (dim, N); B, C (batch, groups, N, L) with channel d reading
 // group d / (dim / groups) (B and C may have different group counts; (batch, N, L) is one group).
-// B and C are first transposed to (batch, groups, L, N) so that every step reads N
-// contiguous floats: the loops over N are the SIMD dimension (`omp simd`, built with -fopenmp-simd so the
-// sums over N vectorise without -ffast-math), the time loop is sequential.
+// B and C are first transposed to (batch, groups, L, N) so that every step reads N contiguous floats: the
+// loops over N are the SIMD dimension (`omp simd` with scan_math.h's inline exp/log1p, and its horizontal
+// sums for the dot products over N; no -ffast-math), the time loop is sequential. N = 8, 16, 32, 64 are
+// compiled as constants; other N run the same code with N read at run time.
 //
 // Forward: one task per (b, d) row; the state lives in a per-thread array of N floats. It keeps the state at
 // the end of every kChunk-step chunk but the last ("checkpoints", (batch, dim, ceil(L/kChunk) - 1, N)), so the
@@ -22,8 +23,9 @@
 //   dΔ_t = u_t (g_t · B_t) + Σ_n g_t A exp(Δ_t A) h_{t-1}          dA += Δ_t g_t ⊙ exp(Δ_t A) ⊙ h_{t-1}
 // Determinism: no atomics. dB/dC (sums over the channels of a group) are accumulated per task — a fixed
 // block of channels inside one B group and one C group of one batch row, the blocks chosen from the shape
-// alone — and the blocks are summed in channel order; dA, dD, ddelta_bias (sums over the batch) are kept per (b, d) and summed in batch order. The
-// bits therefore depend on neither the thread count nor the scheduling.
+// alone — and the blocks are summed in channel order; dA, dD, ddelta_bias (sums over the batch) are kept
+// per (b, d) and summed in batch order. The bits therefore depend on neither the thread count nor the
+// scheduling (parallel_for.h: workers pull task indices; each task writes only its own outputs).
 #include "parallel_for.h"
 #include "registry.h"
 #include "scan_math.h"
