@@ -262,7 +262,7 @@ def test_last_state_has_no_gradient_and_is_optional():
         (dict(B=torch.ones(2, 3, 5, 8)), "B has 3 groups, which must divide dim=4"),
         (dict(C=torch.ones(2, 5, 7)), "C must have shape"),
         (dict(D=torch.ones(5)), "D must have shape"),
-        (dict(z=torch.ones(2, 4, 8, dtype=torch.int64)), "z must be float32, float16 or bfloat16"),
+        (dict(z=torch.ones(2, 4, 8, dtype=torch.int64)), "z must be float32, float16, bfloat16"),
     ],
     ids=["delta-shape", "A-rank", "B-groups", "C-shape", "D-shape", "z-dtype"],
 )

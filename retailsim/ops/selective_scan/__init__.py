@@ -15,7 +15,7 @@ def _check(name: str, tensor, shape: tuple, device: torch.device) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"selective_scan: {name} must be a torch.Tensor, got {type(tensor).__name__}.")
     if tensor.dtype not in _FLOATS:
-        raise TypeError(f"selective_scan: {name} must be float32, float16 or bfloat16, got {tensor.dtype}.")
+        raise TypeError(f"selective_scan: {name} must be float32, float16, bfloat16 (or float64), got {tensor.dtype}.")
     if tuple(tensor.shape) != shape:
         raise ValueError(f"selective_scan: {name} must have shape {shape}, got {tuple(tensor.shape)}.")
     if tensor.device != device:
