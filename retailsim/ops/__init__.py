@@ -3,9 +3,18 @@
 where written) and PyTorch paths chosen by :mod:`retailsim.ops.backend`.
 """
 from retailsim.ops.backend import backend_info, get_backend, set_backend
-from retailsim.ops.causal_conv import causal_conv1d  # noqa: F401
-from retailsim.ops.selective_scan import selective_scan  # noqa: F401
+from retailsim.ops.causal_conv import causal_conv1d
 from retailsim.ops.contrastive_loss import contrastive_loss
-from retailsim.ops.focal_loss import focal_loss, linear_focal_loss  # noqa: F401
+from retailsim.ops.focal_loss import focal_loss, linear_focal_loss
+from retailsim.ops.selective_scan import selective_scan
 
-__all__ = ["backend_info", "get_backend", "set_backend"]
+__all__ = [
+    "backend_info",
+    "causal_conv1d",
+    "contrastive_loss",
+    "focal_loss",
+    "get_backend",
+    "linear_focal_loss",
+    "selective_scan",
+    "set_backend",
+]
