@@ -15,24 +15,30 @@ from retailsim.errors import RetailSimInputError
 
 
 def check_output_folder(out: Path, *, overwrite: bool, argument: str = "--out") -> None:
-    """Refuse an ``--out`` that is a file, or a non-empty folder unless ``overwrite`` is set."""
+    """Refuse an ``--out`` that is a file, that sits under a file, or that is a non-empty folder unless
+    ``overwrite`` is set."""
     if out.exists() and not out.is_dir():
-        raise RetailSimInputError(f"{argument} {out} is a file; expected a folder to create.")
+        raise RetailSimInputError(f"{argument} {out} is an existing file; expected a folder to create.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise RetailSimInputError(
             f"{argument} {out} already exists and is not empty; remove it, choose another folder or pass --overwrite."
         )
-    if not out.parent.exists():
-        raise RetailSimInputError(f"{argument} {out}: its parent folder {out.parent} does not exist.")
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RetailSimInputError(f"{argument} {out} cannot be created because {ancestor} is a file.")
 
 
 @contextlib.contextmanager
 def atomic_folder(out: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out``; on success it replaces ``out``, on error it is removed."""
+    """Yield a temporary sibling of ``out`` (missing parent folders are created); on success it replaces
+    ``out``, on any error it is removed and ``out`` is left as it was."""
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging.mkdir()
     try:
         yield staging
     except BaseException:

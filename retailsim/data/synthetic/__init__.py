@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from retailsim.data import schema
+from retailsim.data.atomic_output import atomic_folder, check_output_folder
 from retailsim.data.synthetic.calendar import shop_week_code
 from retailsim.data.synthetic.catalogue import build_catalogue
 from retailsim.data.synthetic.config import STREAM_WEEK_LINES, GeneratorConfig, stream
@@ -28,8 +29,6 @@ from retailsim.data.synthetic.shopping import simulate_week
 from retailsim.data.synthetic.writer import (
     GENERATOR_MARKER,
     basket_ids,
-    check_output_folder,
-    staged_folder,
     week_file_name,
     week_table,
     write_week_csv,
@@ -81,7 +80,7 @@ def generate(
     """Write the synthetic data set to ``out`` (replaced whole at the end; nothing is left on failure)."""
     config.validate()
     out = Path(out)
-    check_output_folder(out, overwrite)
+    check_output_folder(out, overwrite=overwrite)
     started = time.perf_counter()
     summary = GenerationSummary(out=out)
 
@@ -92,7 +91,7 @@ def generate(
     seen_customers = np.zeros(config.customers, dtype=bool)
     seen_products = np.zeros(config.products, dtype=bool)
 
-    with staged_folder(out) as staging:
+    with atomic_folder(out) as staging:
         truth_writer = pq.ParquetWriter(staging / GROUND_TRUTH_FILE, GROUND_TRUTH_SCHEMA)
         try:
             weeks = tqdm(range(config.weeks), desc="generate", unit="week", disable=not progress)

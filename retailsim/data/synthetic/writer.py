@@ -1,13 +1,9 @@
-"""Writing: one LGSR week file per week, built as an Arrow table and written by Arrow's CSV writer, and the
-output folder that appears whole or not at all (written under a hidden temporary name, renamed when complete).
+"""Writing: one LGSR week file per week, built as an Arrow table and written by Arrow's CSV writer (the
+output folder itself is made whole-or-nothing by ``retailsim.data.atomic_output``).
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +16,6 @@ from retailsim.data.synthetic.catalogue import Catalogue
 from retailsim.data.synthetic.labels import LABEL_VOCABULARY
 from retailsim.data.synthetic.population import REGIONS, STORE_FORMATS, Customers, Stores
 from retailsim.data.synthetic.shopping import WeekBaskets
-from retailsim.errors import RetailSimInputError
 
 BASKET_ID_BASE = 990_000_000_000_000  # LGSR-like 15-digit basket ids: base + week * 10^9 + trip number
 BASKET_ID_WEEK_STRIDE = 1_000_000_000
@@ -97,36 +92,3 @@ def write_week_csv(table: pa.Table, path: Path) -> int:
     return path.stat().st_size
 
 
-def check_output_folder(out: Path, overwrite: bool) -> None:
-    """Refuse an --out that is a file, or a non-empty folder unless --overwrite is given."""
-    if out.exists() and not out.is_dir():
-        raise RetailSimInputError(f"--out {out} is an existing file; expected a folder to create.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise RetailSimInputError(
-            f"--out {out} already exists and is not empty; remove it, choose another folder or pass --overwrite."
-        )
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise RetailSimInputError(f"--out {out} cannot be created because {parent} is a file.")
-
-
-@contextlib.contextmanager
-def staged_folder(out: Path) -> Iterator[Path]:
-    """Yield a hidden temporary sibling of ``out``; on success it replaces ``out``, on any error it is removed
-    and ``out`` is left as it was."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    previous = out.parent / f".{out.name}.previous-{os.getpid()}"
-    if out.exists():
-        out.rename(previous)
-    staging.rename(out)
-    shutil.rmtree(previous, ignore_errors=True)
