@@ -1,0 +1,27 @@
+"""What ``WorldModel.forward(batch)`` returns: the contract between the model, the loss and the evaluator.
+
+The model never materialises product logits in forward: the loss feeds ``basket_hidden`` at masked positions
+and ``WorldModel.output_weight`` / ``WorldModel.output_bias`` to ``retailsim.ops.linear_focal_loss``; the
+evaluator ranks the catalogue with ``WorldModel.product_logits(hidden)`` in chunks; the contrastive loss takes
+candidates from ``WorldModel.product_vectors(product_ids)`` (the catalogue side, in the model's output space).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class WorldModelOutput:
+    """B samples, S basket slots, D = config.d_model.
+
+    basket_hidden [B, S, D]     decoder output at each basket slot (padding slots are not meaningful)
+    context_hidden [B, D]       decoder output at the context token (reads the whole basket and history)
+    aux_logits {name: [B, K]}   one entry per head that is on, name in schema.LABEL_TARGETS,
+                                K = len(schema.LABELS[name]) (index 0 = unknown, never a target)
+    """
+
+    basket_hidden: torch.Tensor
+    context_hidden: torch.Tensor
+    aux_logits: dict[str, torch.Tensor]
