@@ -1,0 +1,185 @@
+"""``WorldModel``: T1–T6 encoders → history Mamba encoder → basket decoder → heads (SPEC 3.5, 4).
+
+    context token [B, 1, D]  = Fusion(T1 customer ‖ T3 time ‖ T5 store ‖ T6 trip)
+    basket tokens [B, S, D]  = Fusion(T2 product ‖ T4 price)           (MASK / hidden price at masked slots)
+    history [B, H, D]        = Mamba blocks over (product vector, age) of the customer's past items, LayerNorm,
+                               zero at padding; a learned "no history" slot is prepended as memory slot 0
+    decoder                  = bidirectional layers over [context; basket], cross-attending to the history
+    heads                    basket_hidden = LayerNorm(GELU(Linear(decoder output))) at each slot, product
+                             logits = basket_hidden @ output_weight.T + output_bias; aux label heads from an MLP
+                             over the context token
+
+Product logits are never materialised in ``forward``: the loss calls ``linear_focal_loss`` on ``basket_hidden``
+with ``output_weight``/``output_bias``, the evaluator calls ``product_logits`` in chunks (see output.py).
+No autocast inside: the trainer wraps the call (bf16 on CUDA); on CPU/MPS everything is fp32.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+from retailsim.data import schema
+from retailsim.data.batching import Batch
+from retailsim.model.config import WorldModelConfig
+from retailsim.model.decoder import DecoderLayer
+from retailsim.model.embeddings import (CustomerEncoder, Fusion, HistoryInput, PriceEncoder, ProductEncoder,
+                                        StoreEncoder, TimeEncoder, TripEncoder)
+from retailsim.model.mamba import MambaBlock
+from retailsim.model.output import WorldModelOutput
+
+_MISSION_COLUMN = schema.LABEL_TARGETS.index("basket_mission")
+
+
+class WorldModel(nn.Module):
+    """The hybrid Mamba–Transformer world model of one basket given its customer, trip and history.
+
+    Example::
+
+        >>> config = WorldModelConfig.from_name("small", **data_sizes_from_cache("data/cache"))
+        >>> model = WorldModel(config, product_category=product_category_from_cache("data/cache"))
+        >>> out = model(batch)              # WorldModelOutput(basket_hidden, context_hidden, aux_logits)
+        >>> logits = model.product_logits(out.basket_hidden[batch.masked_positions])   # [M, V]
+    """
+
+    def __init__(self, config: WorldModelConfig, product_category=None) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.gradient_checkpointing = config.gradient_checkpointing
+        d = config.d_model
+        # --- encoders (SPEC 3.5) ---
+        self.product = ProductEncoder(config)                                     # T2
+        self.customer = CustomerEncoder(config)                                   # T1
+        self.time = TimeEncoder(config)                                           # T3
+        self.price = PriceEncoder(config)                                         # T4
+        self.store = StoreEncoder(config)                                         # T5
+        self.trip = TripEncoder(config)                                           # T6
+        self.context_fusion = Fusion(config.d_customer + config.d_time + config.d_store + config.d_trip, d)
+        self.basket_fusion = Fusion(config.d_product + config.d_price, d)
+        # --- history encoder ---
+        self.history_input = HistoryInput(config)
+        self.mamba = nn.ModuleList(MambaBlock(config) for _ in range(config.n_mamba_layers))
+        self.history_norm = nn.LayerNorm(d)
+        self.no_history = nn.Parameter(torch.zeros(d))
+        # --- basket decoder ---
+        self.decoder = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_decoder_layers))
+        self.decoder_norm = nn.LayerNorm(d)
+        # --- heads ---
+        if config.tie_output:
+            self.output_map = nn.Linear(config.d_product, d, bias=False)          # product embedding → output space
+            self._output_weight = None
+        else:
+            self.output_map = None
+            self._output_weight = nn.Parameter(torch.empty(config.vocab_size, d))
+        self._output_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        # BERT-style prediction transform: basket_hidden lives in the output space the loss and evaluator read.
+        self.basket_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
+        self.aux_trunk = nn.Sequential(nn.Linear(d, d), nn.GELU())
+        self.aux_heads = nn.ModuleDict({name: nn.Linear(d, len(schema.LABELS[name])) for name in config.aux_heads})
+        self.reset_parameters()
+        if product_category is not None:
+            self.set_product_category(product_category)
+
+    # ---------------------------------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """N(0, 0.02) for linear and embedding weights, zero biases; residual output projections scaled by
+        1/sqrt(2 · layers) (GPT-2); the Mamba SSM parameters keep Mamba's own initialisation."""
+        n_residual = 2 * (self.config.n_mamba_layers + self.config.n_decoder_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                std = 0.02 / math.sqrt(n_residual) if name.endswith(("out_proj", "attention.out", "ffn.2")) else 0.02
+                nn.init.normal_(module.weight, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        for block in self.mamba:
+            block.mixer.reset_ssm_parameters()
+        if self._output_weight is not None:
+            nn.init.normal_(self._output_weight, std=0.02)
+
+    def set_product_category(self, product_category) -> None:
+        """Install the hierarchy table [vocab_size, 4] (``product_category_from_cache``) in the buffer."""
+        table = torch.as_tensor(np.asarray(product_category), dtype=torch.long)
+        expected = tuple(self.product.product_category.shape)
+        if tuple(table.shape) != expected:
+            raise ValueError(f"product_category must have shape {expected}, got {tuple(table.shape)}.")
+        sizes = torch.tensor(self.config.category_sizes)
+        if (table < 0).any() or (table >= sizes).any():
+            raise ValueError(f"product_category holds ids outside the config's category_sizes "
+                             f"{self.config.category_sizes}.")
+        self.product.product_category.copy_(table)
+
+    # ---------------------------------------------------------------------------------------------------
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """[V, D]: the product output vectors (tied: the product embedding through ``output_map``)."""
+        if self._output_weight is not None:
+            return self._output_weight
+        return self.output_map(self.product.embedding.weight)
+
+    @property
+    def output_bias(self) -> torch.Tensor:
+        """[V]."""
+        return self._output_bias
+
+    def product_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., D] → [..., V]: logits over the whole vocabulary (chunk the rows for big catalogues)."""
+        return hidden @ self.output_weight.t() + self.output_bias
+
+    def product_vectors(self, product_ids: torch.Tensor) -> torch.Tensor:
+        """[...] ids → [..., D]: the products' output-space vectors (rows of ``output_weight``), differentiable."""
+        if self._output_weight is not None:
+            return self._output_weight[product_ids]
+        return self.output_map(self.product.embedding(product_ids))
+
+    # ---------------------------------------------------------------------------------------------------
+    def _run(self, layer: nn.Module, *args):
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
+    def encode_history(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(memory [B, 1 + H, D], memory_valid [B, 1 + H]): the "no history" slot, then the encoded history."""
+        valid = batch.history_valid                                               # [B, H]
+        x = self.history_input(self.product(batch.history_items), batch.history_weeks_before)  # [B, H, D]
+        for block in self.mamba:
+            x = self._run(block, x)
+        x = self.history_norm(x) * valid.unsqueeze(-1)                            # zero the padded outputs
+        slot = self.no_history.expand(x.shape[0], 1, -1)                          # [B, 1, D]
+        memory = torch.cat([slot, x], dim=1)                                      # [B, 1 + H, D]
+        memory_valid = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)   # [B, 1 + H]
+        return memory, memory_valid
+
+    def forward(self, batch: Batch, mission: torch.Tensor | None = None) -> WorldModelOutput:
+        """``mission`` [B] (label ids) only with ``condition_on_mission``; default: the batch's mission column."""
+        if self.config.condition_on_mission and mission is None:
+            mission = batch.labels[:, _MISSION_COLUMN]
+        context = self.context_fusion(torch.cat([
+            self.customer(batch),                                                 # [B, d_customer]
+            self.time(batch.time),                                                # [B, d_time]
+            self.store(batch.store),                                              # [B, d_store]
+            self.trip(batch.trip, mission),                                       # [B, d_trip]
+        ], dim=-1))                                                               # [B, D]
+        price_visible = batch.basket_valid & ~batch.price_hidden                  # [B, S]
+        basket = self.basket_fusion(torch.cat([
+            self.product(batch.basket_items),                                     # [B, S, d_product]
+            self.price(batch.basket_price, price_visible),                        # [B, S, d_price]
+        ], dim=-1))                                                               # [B, S, D]
+        memory, memory_valid = self.encode_history(batch)
+
+        tokens = torch.cat([context.unsqueeze(1), basket], dim=1)                 # [B, 1 + S, D]
+        token_valid = torch.cat([torch.ones_like(batch.basket_valid[:, :1]), batch.basket_valid], dim=1)
+        for layer in self.decoder:
+            tokens = self._run(layer, tokens, token_valid, memory, memory_valid)
+        tokens = self.decoder_norm(tokens)
+        context_hidden = tokens[:, 0]                                             # [B, D]
+        basket_hidden = self.basket_head(tokens[:, 1:])                           # [B, S, D]
+        trunk = self.aux_trunk(context_hidden)                                    # [B, D]
+        aux = {name: head(trunk) for name, head in self.aux_heads.items()}        # {name: [B, K]}
+        return WorldModelOutput(basket_hidden=basket_hidden, context_hidden=context_hidden, aux_logits=aux)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
