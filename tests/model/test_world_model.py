@@ -1,0 +1,221 @@
+"""WorldModel on real batches of a generated cache: shapes, leakage, set semantics, cold start, history padding,
+gradient checkpointing, output heads, and the Triton vs PyTorch backends."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from retailsim.data import schema
+from retailsim.data.batching import IGNORE_TARGET, Batch, collate
+from retailsim.model import WorldModelOutput
+from retailsim.ops import set_backend
+from tests.model.conftest import eval_batch, mixed_samples
+from tests.tolerances import FP32_GRAD_REL_ERR, FP32_REL_ERR, assert_fp32_close
+
+
+@pytest.fixture(autouse=True)
+def torch_backend():
+    set_backend("torch")  # the backend test switches to triton itself
+
+
+def outputs_of(model, batch: Batch) -> dict[str, torch.Tensor]:
+    """Every tensor the model gives for ``batch``, product logits at the masked positions included."""
+    with torch.no_grad():
+        out = model(batch)
+        logits = model.product_logits(out.basket_hidden[batch.masked_positions])
+    return {"basket_hidden": out.basket_hidden, "context_hidden": out.context_hidden, "product_logits": logits,
+            **{f"aux/{name}": value for name, value in out.aux_logits.items()}}
+
+
+def training_loss(model, batch: Batch) -> torch.Tensor:
+    """A stand-in for WorldModelLoss: cross-entropy on masked products and on the known labels."""
+    out = model(batch)
+    masked = batch.masked_positions
+    loss = F.cross_entropy(model.product_logits(out.basket_hidden[masked]), batch.targets[masked])
+    for column, name in enumerate(schema.LABEL_TARGETS):
+        if name in out.aux_logits:
+            loss = loss + F.cross_entropy(out.aux_logits[name], batch.labels[:, column], ignore_index=0)
+    return loss + 1e-3 * out.context_hidden.square().mean()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_forward_shapes_on_a_real_batch(preset, make_model, train_arrays, data_sizes):
+    batch = collate(train_arrays, np.arange(0, 200, 5), seed=1, epoch=0, train=True)
+    model = make_model(preset).train()
+    out = model(batch)
+    b, s = batch.basket_items.shape
+    d, v = model.config.d_model, data_sizes["vocab_size"]
+    assert isinstance(out, WorldModelOutput)
+    assert out.basket_hidden.shape == (b, s, d) and out.context_hidden.shape == (b, d)
+    assert list(out.aux_logits) == list(schema.LABEL_TARGETS)
+    for name, logits in out.aux_logits.items():
+        assert logits.shape == (b, len(schema.LABELS[name])) and logits.dtype == torch.float32
+    assert model.output_weight.shape == (v, d) and model.output_bias.shape == (v,)
+    assert model.product_logits(out.basket_hidden).shape == (b, s, v)
+    loss = training_loss(model, batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters()), \
+        [n for n, p in model.named_parameters() if p.grad is None]
+
+
+def _rewrite_masked_items(arrays, batch: Batch, samples: np.ndarray):
+    """The arrays with the true product id and price at every masked position of ``batch`` replaced."""
+    rows, cols = np.nonzero(batch.masked_positions.numpy())
+    at = np.asarray(arrays.basket["basket_item_offsets"])[samples[rows]] + cols
+    item_ids = np.array(arrays.basket["item_ids"])
+    item_price = np.array(arrays.basket["item_price"])
+    item_ids[at] = item_ids[at] % arrays.n_products + 1  # another real product
+    item_price[at] = item_price[at] * 3 + 1
+    return dataclasses.replace(arrays, basket={**arrays.basket, "item_ids": item_ids, "item_price": item_price})
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_leakage_changing_a_masked_item_in_the_raw_data_changes_no_output(preset, make_model, test_arrays):
+    """Evaluation mode: the true product and price at masked positions reach no output, bit for bit."""
+    samples = mixed_samples(test_arrays, 40)
+    model = make_model(preset, seed=2)
+    base_batch = eval_batch(test_arrays, samples)
+    changed_batch = eval_batch(_rewrite_masked_items(test_arrays, base_batch, samples), samples)
+    assert base_batch.masked_positions.sum() >= 40
+    assert not torch.equal(base_batch.targets, changed_batch.targets)  # the rewrite reached the data
+    base, changed = outputs_of(model, base_batch), outputs_of(model, changed_batch)
+    for name in base:
+        assert torch.equal(base[name], changed[name]), name
+
+
+def test_masked_slot_input_is_the_mask_embedding_only(make_model):
+    model = make_model("tiny")
+    mask_id = model.config.mask_id
+    ids = torch.tensor([[mask_id, 0, 1]])
+    with torch.no_grad():
+        model.product.product_category[mask_id] = torch.tensor(model.config.category_sizes) - 1  # a trap
+        vectors = model.product(ids)
+        assert torch.equal(vectors[0, 0], model.product.embedding.weight[mask_id])
+        assert not vectors[0, 1].any()  # PAD
+        hidden_price = model.price(torch.randn(1, 3, 3), torch.tensor([[False, True, False]]))
+    assert not hidden_price[0, 0].any() and hidden_price[0, 1].any() and not hidden_price[0, 2].any()
+
+
+def test_permuting_basket_slots_permutes_basket_hidden_only(make_model, train_arrays):
+    batch = collate(train_arrays, mixed_samples(train_arrays), seed=5, epoch=1, train=True)
+    model = make_model("small", seed=3)
+    generator = torch.Generator().manual_seed(0)
+    perm = torch.stack([torch.randperm(batch.basket_items.shape[1], generator=generator)
+                        for _ in range(len(batch))])                               # [B, S]
+    per_slot = {"basket_items", "basket_valid", "basket_price", "price_hidden", "masked_positions", "targets"}
+    permuted = Batch(**{f.name: (torch.take_along_dim(getattr(batch, f.name), perm.view(*perm.shape, *[1] * (
+        getattr(batch, f.name).dim() - 2)), dim=1) if f.name in per_slot else getattr(batch, f.name))
+        for f in dataclasses.fields(batch)})
+    with torch.no_grad():
+        a, b = model(batch), model(permuted)
+    valid = permuted.basket_valid
+    expected = torch.take_along_dim(a.basket_hidden, perm.unsqueeze(-1), dim=1)
+    assert_fp32_close(b.basket_hidden[valid], expected[valid], "basket_hidden", bound=10 * FP32_REL_ERR)
+    assert_fp32_close(b.context_hidden, a.context_hidden, "context_hidden", bound=10 * FP32_REL_ERR)
+    for name in a.aux_logits:
+        assert_fp32_close(b.aux_logits[name], a.aux_logits[name], name, bound=10 * FP32_REL_ERR)
+
+
+def test_cold_start_and_anonymous_samples_give_finite_outputs(make_model, test_arrays):
+    samples = mixed_samples(test_arrays)
+    batch = eval_batch(test_arrays, samples)
+    anonymous = torch.from_numpy(np.asarray(test_arrays.basket["customer_key"])[samples] == 0)
+    cold = (batch.customer[:, 0] == schema.UNKNOWN_CUSTOMER_ID) | (batch.customer_stats[:, 0] == 0)
+    assert anonymous.any() and (cold & ~anonymous).any() and not batch.history_valid[anonymous].any()
+    for preset in ("tiny", "small"):
+        for name, value in outputs_of(make_model(preset), batch).items():
+            assert torch.isfinite(value).all(), name
+    # a batch of anonymous samples alone: the history is all padding, the "no history" slot is what they read
+    alone = eval_batch(test_arrays, samples[anonymous.numpy()])
+    assert not alone.history_valid.any()
+    for name, value in outputs_of(make_model("tiny"), alone).items():
+        assert torch.isfinite(value).all(), name
+
+
+def test_extra_history_padding_changes_nothing(make_model, test_arrays):
+    """Left-aligned history with padding after: a wider pad (another batch's width) leaves every output as is."""
+    batch = eval_batch(test_arrays, mixed_samples(test_arrays))
+    pad = 7
+    wider = dataclasses.replace(batch, **{
+        name: F.pad(getattr(batch, name), (0, pad)) for name in ("history_items", "history_valid",
+                                                                 "history_weeks_before")})
+    model = make_model("small", seed=4)
+    base, padded = outputs_of(model, batch), outputs_of(model, wider)
+    for name in base:
+        assert_fp32_close(padded[name], base[name], name, bound=10 * FP32_REL_ERR)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(make_model, train_arrays):
+    batch = collate(train_arrays, mixed_samples(train_arrays), seed=2, epoch=0, train=True)
+    results = []
+    for checkpointing in (False, True):
+        model = make_model("tiny", seed=7, dropout=0.1, gradient_checkpointing=checkpointing).train()
+        torch.manual_seed(11)  # the same dropout masks; checkpoint replays the RNG state on recomputation
+        loss = training_loss(model, batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b)
+    for name in grads_a:
+        assert_fp32_close(grads_b[name], grads_a[name], name)
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_output_heads_agree_and_product_vectors_are_differentiable(tie, make_model):
+    model = make_model("tiny", tie_output=tie)
+    ids = torch.tensor([[1, 2, 3], [4, 5, 0]])
+    vectors = model.product_vectors(ids)
+    assert vectors.shape == (2, 3, model.config.d_model)
+    assert torch.allclose(vectors, model.output_weight[ids])
+    hidden = torch.randn(5, model.config.d_model)
+    assert torch.allclose(model.product_logits(hidden), hidden @ model.output_weight.t() + model.output_bias)
+    vectors.sum().backward()
+    trained = model.output_map.weight if tie else model._output_weight
+    assert trained.grad is not None and trained.grad.abs().sum() > 0
+    if tie:
+        assert model.product.embedding.weight.grad.abs().sum() > 0
+
+
+def test_condition_on_mission_reads_the_given_mission(make_model, test_arrays):
+    batch = eval_batch(test_arrays, mixed_samples(test_arrays))
+    model = make_model("tiny", condition_on_mission=True)
+    with torch.no_grad():
+        model.trip.mission.weight.normal_()
+        out = model(batch)
+        other = model(batch, mission=(batch.labels[:, 3] % 4) + 1)
+    assert "basket_mission" not in out.aux_logits
+    assert not torch.allclose(out.context_hidden, other.context_hidden)
+    with torch.no_grad():
+        plain = make_model("tiny")(batch)  # unconditioned: labels are never read
+        relabelled = make_model("tiny")(dataclasses.replace(batch, labels=torch.zeros_like(batch.labels)))
+    assert torch.equal(plain.context_hidden, relabelled.context_hidden)
+
+
+def test_product_category_buffer_is_saved_and_checked(make_model, model_cache):
+    model = make_model("tiny")
+    assert "product.product_category" in model.state_dict()
+    assert model.product.product_category.any()
+    with pytest.raises(ValueError, match="product_category must have shape"):
+        model.set_product_category(np.zeros((3, 4), np.int64))
+
+
+def test_triton_and_torch_backends_agree_on_tiny(make_model, train_arrays):
+    """The same tiny model and batch through the Triton scan (interpreter on CPU) and the PyTorch path."""
+    pytest.importorskip("triton")
+    batch = collate(train_arrays, mixed_samples(train_arrays, 12)[:6], seed=3, epoch=0, train=True, max_history=24)
+    results = {}
+    for backend in ("torch", "triton"):
+        set_backend(backend)
+        model = make_model("tiny", seed=9).train()
+        loss = training_loss(model, batch)
+        loss.backward()
+        results[backend] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    (loss_t, grads_t), (loss_k, grads_k) = results["torch"], results["triton"]
+    assert_fp32_close(loss_k, loss_t, "loss")
+    for name in grads_t:
+        assert_fp32_close(grads_k[name], grads_t[name], name, bound=FP32_GRAD_REL_ERR)
