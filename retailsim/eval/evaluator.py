@@ -1,0 +1,217 @@
+"""The Evaluator (SPEC 5): model, baselines and oracle on the same evaluation masks of one split.
+
+Batches come from ``make_loader(..., train=False, shuffle=False, bucket=False, seed)``: 15% of each basket's items
+(at least one) replaced by MASK, chosen by the counter-based RNG at the fixed evaluation epoch, so every evaluation
+of a checkpoint (and every baseline) sees the same masks; ``max_batches`` takes the first batches in split order.
+Score rows are built a few baskets at a time (at most ``chunk_rows`` tokens), so memory stays O(chunk_rows * V).
+Buckets: the basket's prior-basket bucket (schema.PRIOR_BUCKETS) and repeat (the target is in the customer's
+history window, ``Batch.history_items``) vs explore.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retailsim.data import schema
+from retailsim.data.batching import DEFAULT_MAX_HISTORY, Batch
+from retailsim.data.loader import make_loader
+from retailsim.eval import baselines as bl
+from retailsim.eval.metrics import score_tokens, summarize, allowed_candidates
+from retailsim.eval.oracle import Oracle, oracle_metrics
+
+BUCKETS = (*schema.PRIOR_BUCKETS, "repeat", "explore")
+AUX_METRICS = {"basket_size": "acc_basket_size", "basket_price_band": "acc_price_band",
+               "basket_type": "acc_basket_type", "basket_mission": "acc_mission"}
+
+
+class _Results:
+    """Per-token rank / joint_rank / loglik lists of one scorer."""
+
+    def __init__(self) -> None:
+        self.parts = {"rank": [], "joint_rank": [], "loglik": []}
+
+    def add(self, scored: dict[str, torch.Tensor]) -> None:
+        for name, values in scored.items():
+            self.parts[name].append(values.detach().cpu())
+
+    def summary(self, subset: torch.Tensor | None = None) -> dict:
+        cat = {name: torch.cat(v) if v else torch.zeros(0) for name, v in self.parts.items()}
+        if subset is not None:
+            cat = {name: v[subset] for name, v in cat.items()}
+        return summarize(cat["rank"], cat["joint_rank"], cat["loglik"])
+
+
+def masked_tokens(batch: Batch, n_products: int) -> tuple[dict[str, torch.Tensor], int]:
+    """The batch's non-UNK masked tokens (ordered by basket row) and the number of UNK targets left out."""
+    rows, cols = batch.masked_positions.nonzero(as_tuple=True)  # row-major: a basket's tokens are contiguous
+    targets = batch.targets[rows, cols]
+    known = targets != schema.unk_id(n_products)
+    rows, cols, targets = rows[known], cols[known], targets[known]
+    visible = torch.where(batch.basket_valid & ~batch.masked_positions, batch.basket_items,
+                          torch.zeros_like(batch.basket_items))  # [B, S]: the basket's unmasked items
+    in_history = ((batch.history_items[rows] == targets[:, None]) & batch.history_valid[rows]).any(1)
+    tokens = {"rows": rows, "cols": cols, "targets": targets, "visible": visible, "repeat": in_history,
+              "bucket": batch.bucket[rows], "sample_index": batch.sample_index[rows]}
+    return tokens, int((~known).sum())
+
+
+def basket_chunks(rows: torch.Tensor, max_rows: int) -> list[slice]:
+    """Slices of ``rows`` (sorted) that never split a basket, each at most ``max_rows`` long (or one basket)."""
+    rows = rows.tolist()
+    chunks, start = [], 0
+    while start < len(rows):
+        end = min(start + max_rows, len(rows))
+        while end < len(rows) and rows[end] == rows[end - 1] and end > start + 1:
+            end -= 1
+        if end < len(rows) and rows[end] == rows[end - 1]:  # a single basket longer than max_rows
+            end = start + 1
+            while end < len(rows) and rows[end] == rows[start]:
+                end += 1
+        chunks.append(slice(start, end))
+        start = end
+    return chunks
+
+
+class Evaluator:
+    """Evaluates a model (or only the baselines, ``model=None``) on a split of the tensor cache ``cache_dir``."""
+
+    def __init__(self, cache_dir: Path, *, batch_size: int = 256, max_batches: int | None = None, seed: int = 0,
+                 device: torch.device | str = "cpu", max_history: int = DEFAULT_MAX_HISTORY,
+                 chunk_rows: int = 1024, ground_truth: Path | None = None, show_progress: bool = False) -> None:
+        import json
+
+        self.cache_dir, self.batch_size, self.max_batches, self.seed = Path(cache_dir), batch_size, max_batches, seed
+        self.device, self.max_history, self.chunk_rows = torch.device(device), max_history, chunk_rows
+        self.ground_truth, self.show_progress = ground_truth, show_progress
+        self.n_products = int(json.loads((self.cache_dir / "cache.json").read_text())["n_products"])
+        self.stats = bl.BaselineStatistics.from_cache(self.cache_dir)
+
+    def batches(self, split: str):
+        loader = make_loader(self.cache_dir, split, batch_size=self.batch_size, train=False, shuffle=False,
+                             bucket=False, seed=self.seed, max_history=self.max_history)
+        total = len(loader) if self.max_batches is None else min(len(loader), self.max_batches)
+        batches = itertools.islice(loader, total)
+        if self.show_progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, total=total, desc=f"evaluate {split}", unit="batch")
+        return batches
+
+    def _baseline_probs(self, batch: Batch, tokens: dict) -> dict[str, torch.Tensor]:
+        """Per-basket distributions [B, V] of the three base baselines."""
+        n = len(batch)
+        return {"popularity": self.stats.popularity_probs(n),
+                "personal": self.stats.personal_probs(batch.history_items, batch.history_valid),
+                "cooccurrence": self.stats.cooccurrence_probs(tokens["visible"])}
+
+    def tune_blend(self, split: str = "validation") -> tuple[tuple[float, float, float], float]:
+        """Blend weights maximising MRR on ``split`` (validation: never the evaluated split) and that MRR."""
+        grid = bl.blend_grid()
+        reciprocal = torch.zeros(len(grid), dtype=torch.float64)
+        n_tokens = 0
+        for batch in self.batches(split):
+            tokens, _ = masked_tokens(batch, self.n_products)
+            probs = self._baseline_probs(batch, tokens)
+            for part in basket_chunks(tokens["rows"], self.chunk_rows):
+                rows, targets = tokens["rows"][part], tokens["targets"][part]
+                allowed = allowed_candidates(self.n_products, tokens["visible"][rows])
+                chunk = {name: p[rows] for name, p in probs.items()}
+                for g, weights in enumerate(grid):
+                    mixed = bl.blend_probs(weights, chunk["popularity"], chunk["personal"], chunk["cooccurrence"])
+                    rank = score_tokens(bl.log_scores(mixed), allowed, targets, rows)["rank"]
+                    reciprocal[g] += (1.0 / rank.double()).sum()
+                n_tokens += len(targets)
+        if n_tokens == 0:
+            return (1.0, 0.0, 0.0), 0.0
+        best = int(torch.argmax(reciprocal))  # first maximum: the grid order is the tie rule
+        return grid[best], float(reciprocal[best] / n_tokens)
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module | None, split: str, *,
+                 blend_weights: tuple[float, float, float] | None = None) -> dict:
+        """The SPEC 5 result dictionary (without "checkpoint")."""
+        if blend_weights is None:
+            blend_weights, validation_mrr = self.tune_blend("validation")
+        else:
+            validation_mrr = None
+        if model is not None:
+            model.eval()
+        scorers = (["model"] if model is not None else []) + list(bl.BASELINES)
+        results = {name: _Results() for name in scorers}
+        repeat, bucket, sample_index, targets_all = [], [], [], []
+        aux_correct = {name: [0, 0] for name in AUX_METRICS}
+        majority_correct = {name: [0, 0] for name in AUX_METRICS}
+        n_unk = 0
+        for batch in self.batches(split):
+            tokens, unk = masked_tokens(batch, self.n_products)
+            n_unk += unk
+            repeat.append(tokens["repeat"])
+            bucket.append(tokens["bucket"])
+            sample_index.append(tokens["sample_index"])
+            targets_all.append(tokens["targets"])
+            self._majority(batch, majority_correct)
+            probs = self._baseline_probs(batch, tokens)
+            probs["blend"] = bl.blend_probs(blend_weights, probs["popularity"], probs["personal"], probs["cooccurrence"])
+            hidden = None
+            if model is not None:
+                output = model(batch.to(self.device))
+                hidden = output.basket_hidden[tokens["rows"].to(self.device), tokens["cols"].to(self.device)]  # [R, D]
+                self._aux(output, batch, aux_correct)
+            for part in basket_chunks(tokens["rows"], self.chunk_rows):
+                rows, targets = tokens["rows"][part], tokens["targets"][part]
+                allowed = allowed_candidates(self.n_products, tokens["visible"][rows])
+                for name in bl.BASELINES:
+                    results[name].add(score_tokens(bl.log_scores(probs[name][rows]), allowed, targets, rows))
+                if hidden is not None:
+                    logits = model.product_logits(hidden[part])  # [r, V] on the model's device
+                    results["model"].add(score_tokens(logits, allowed.to(logits.device), targets.to(logits.device),
+                                                      rows.to(logits.device)))
+        repeat, bucket = torch.cat(repeat), torch.cat(bucket)
+        sample_index, targets_all = torch.cat(sample_index).numpy(), torch.cat(targets_all).numpy()
+
+        def acc(tally):
+            return tally[0] / tally[1] if tally[1] else None
+
+        main = "model" if model is not None else "blend"
+        metrics = results[main].summary() if model is not None else None
+        if metrics is not None:
+            metrics.update({AUX_METRICS[name]: acc(t) for name, t in aux_correct.items()})
+        baseline_metrics = {name: results[name].summary() for name in bl.BASELINES}
+        baseline_metrics["popularity"].update({AUX_METRICS[name]: acc(t) for name, t in majority_correct.items()})
+        baseline_metrics["blend"]["weights"] = dict(zip(("popularity", "personal", "cooccurrence"), blend_weights))
+        baseline_metrics["blend"]["validation_mrr"] = validation_mrr
+        subsets = {name: bucket == i for i, name in enumerate(schema.PRIOR_BUCKETS)}
+        subsets.update({"repeat": repeat, "explore": ~repeat})
+        buckets = {name: {"n_tokens": int(mask.sum()),
+                          "model": results["model"].summary(mask) if model is not None else None,
+                          "blend": results["blend"].summary(mask)} for name, mask in subsets.items()}
+        return {"split": split, "n_tokens": int(len(repeat)), "n_unk_targets": n_unk, "metrics": metrics,
+                "baselines": baseline_metrics, "oracle": self._oracle(split, sample_index, targets_all),
+                "buckets": buckets}
+
+    def _aux(self, output, batch: Batch, aux_correct: dict) -> None:
+        """Aux head accuracy over baskets with a known label; the prediction never picks 'unknown' (index 0)."""
+        for i, name in enumerate(schema.LABEL_TARGETS):
+            if name not in output.aux_logits:
+                continue
+            labels = batch.labels[:, i]
+            known = labels != schema.UNKNOWN_LABEL_ID
+            predicted = output.aux_logits[name][:, 1:].argmax(1).cpu() + 1
+            aux_correct[name][0] += int((predicted[known] == labels[known]).sum())
+            aux_correct[name][1] += int(known.sum())
+
+    def _majority(self, batch: Batch, majority_correct: dict) -> None:
+        for i, name in enumerate(schema.LABEL_TARGETS):
+            labels = batch.labels[:, i]
+            known = labels != schema.UNKNOWN_LABEL_ID
+            majority_correct[name][0] += int((labels[known] == self.stats.majority_label[name]).sum())
+            majority_correct[name][1] += int(known.sum())
+
+    def _oracle(self, split: str, sample_index: np.ndarray, targets: np.ndarray) -> dict | None:
+        if self.ground_truth is None or len(targets) == 0:
+            return None
+        oracle = Oracle(self.ground_truth, self.cache_dir, split)
+        return oracle_metrics(*oracle.lookup(sample_index, targets))

@@ -1,0 +1,154 @@
+"""The evaluation report: the SPEC 5 JSON (written atomically), a Markdown table next to it and PNG plots.
+
+For ``--output results/test_results.json``: ``results/test_results.md`` (model, baselines and oracle side by side,
+then the buckets), ``results/test_results_metrics.png`` (bar chart by model/baseline/oracle),
+``results/test_results_buckets.png`` (HR@10 and MRR of model and blend by bucket) and, given a JSONL metrics log,
+``results/test_results_training.png`` (every numeric series of the log against its step).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+TABLE_METRICS = ("accuracy", "hr@1", "hr@5", "hr@10", "hr@20", "recall@10", "ndcg@10", "mrr", "loglik",
+                 "acc_basket_size", "acc_price_band", "acc_basket_type", "acc_mission")
+PLOT_METRICS = ("hr@1", "hr@5", "hr@10", "hr@20", "recall@10", "ndcg@10", "mrr")
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    temporary.write_bytes(text.encode() if isinstance(text, str) else text)
+    os.replace(temporary, path)
+
+
+def _columns(results: dict) -> dict[str, dict]:
+    columns = {}
+    if results.get("metrics"):
+        columns["model"] = results["metrics"]
+    columns.update(results["baselines"])
+    if results.get("oracle"):
+        columns["oracle"] = results["oracle"]
+    return columns
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(results: dict) -> str:
+    columns = _columns(results)
+    lines = [f"Evaluation of {results.get('checkpoint') or 'baselines only'} on {results['split']}: "
+             f"{results['n_tokens']} masked tokens ({results.get('n_unk_targets', 0)} UNK targets left out)", "",
+             "| metric | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name in TABLE_METRICS:
+        lines.append(f"| {name} | " + " | ".join(_cell(c.get(name)) for c in columns.values()) + " |")
+    weights = results["baselines"]["blend"].get("weights")
+    if weights:
+        lines += ["", "Blend weights (tuned on validation, max MRR): "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in weights.items())]
+    oracle = results.get("oracle")
+    if oracle:
+        lines += ["", f"Oracle: the generator's own rank (basket's other items excluded, slightly optimistic); "
+                      f"coverage {oracle['coverage']:.3f} of the tokens."]
+    lines += ["", "| bucket | tokens | model hr@10 | blend hr@10 | model mrr | blend mrr |", "|---|---:|---:|---:|---:|---:|"]
+    for name, bucket in results["buckets"].items():
+        model, blend = bucket.get("model") or {}, bucket.get("blend") or {}
+        lines.append(f"| {name} | {bucket['n_tokens']} | {_cell(model.get('hr@10'))} | {_cell(blend.get('hr@10'))} | "
+                     f"{_cell(model.get('mrr'))} | {_cell(blend.get('mrr'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metrics(results: dict, path: Path) -> None:
+    plt = _figure()
+    columns = _columns(results)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / max(1, len(columns))
+    for i, (name, values) in enumerate(columns.items()):
+        heights = [values.get(m) or 0.0 for m in PLOT_METRICS]
+        ax.bar([x + i * width for x in range(len(PLOT_METRICS))], heights, width, label=name)
+    ax.set_xticks([x + width * (len(columns) - 1) / 2 for x in range(len(PLOT_METRICS))], PLOT_METRICS)
+    ax.set_ylabel("token-weighted mean")
+    ax.set_title(f"{results['split']}: model, baselines and oracle")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_buckets(results: dict, path: Path) -> None:
+    plt = _figure()
+    names = list(results["buckets"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("hr@10", "mrr")):
+        for i, scorer in enumerate(("model", "blend")):
+            heights = [(results["buckets"][b].get(scorer) or {}).get(metric) or 0.0 for b in names]
+            ax.bar([x + i * 0.4 for x in range(len(names))], heights, 0.4, label=scorer)
+        ax.set_xticks([x + 0.2 for x in range(len(names))], names, rotation=30)
+        ax.set_title(f"{metric} by bucket")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_training(metrics_log: Path, path: Path) -> bool:
+    """Every numeric series of a JSONL log against ``global_step``/``step`` (else the line number)."""
+    records = [json.loads(line) for line in Path(metrics_log).read_text().splitlines() if line.strip()]
+    series: dict[str, tuple[list, list]] = {}
+    for index, record in enumerate(records):
+        x = record.get("global_step", record.get("step", index))
+        for key, value in record.items():
+            if key in ("global_step", "step", "epoch") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            series.setdefault(key, ([], []))
+            series[key][0].append(x)
+            series[key][1].append(value)
+    if not series:
+        return False
+    plt = _figure()
+    losses = {k: v for k, v in series.items() if "loss" in k}
+    others = {k: v for k, v in series.items() if "loss" not in k}
+    panels = [p for p in (losses, others) if p]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for key, (xs, ys) in panel.items():
+            ax.plot(xs, ys, label=key)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.suptitle("training curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_report(results: dict, output: Path, metrics_log: Path | None = None) -> dict[str, Path]:
+    """Writes the JSON, the Markdown table and the plots; returns their paths by kind."""
+    output = Path(output)
+    paths = {"json": output, "markdown": output.with_suffix(".md"),
+             "metrics_png": output.with_name(f"{output.stem}_metrics.png"),
+             "buckets_png": output.with_name(f"{output.stem}_buckets.png")}
+    write_atomic(paths["json"], json.dumps(results, indent=2))
+    write_atomic(paths["markdown"], markdown_table(results))
+    plot_metrics(results, paths["metrics_png"])
+    plot_buckets(results, paths["buckets_png"])
+    if metrics_log is not None:
+        training = output.with_name(f"{output.stem}_training.png")
+        if plot_training(metrics_log, training):
+            paths["training_png"] = training
+    return paths
