@@ -1,15 +1,17 @@
 """contrastive_loss (SPEC 6.4): both paths (chunked PyTorch; Triton, on CPU through the interpreter) against
 the float64 full-matrix reference, gradients included; exclusion semantics checked against a loop written
-straight from the formula; float64 gradcheck; determinism; input errors. CUDA cases carry the cuda marker."""
+straight from the formula; float64 gradcheck; determinism; input errors. Every case that runs Triton runs both
+of its algorithms ("triton-fused", "triton-split": RETAILSIM_CONTRASTIVE_ALGO). CUDA cases carry the cuda marker."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 
 from retailsim.ops import backend, contrastive_loss
-from retailsim.ops.contrastive_loss import chunked
+from retailsim.ops.contrastive_loss import ALGORITHM_ENV, DEFAULT_ALGORITHM, chunked
 from retailsim.ops.contrastive_loss.reference import contrastive_loss_ref
 from tests.tolerances import (
     CONTRASTIVE_GRADCHECK_ATOL,
@@ -20,13 +22,29 @@ from tests.tolerances import (
     assert_low_precision_close,
 )
 
-BACKENDS = ("torch", "triton")
+TRITON_ALGORITHMS = ("triton-fused", "triton-split")
+BACKENDS = ("torch", *TRITON_ALGORITHMS)
+
+
+@pytest.fixture(autouse=True)
+def _restore_algorithm():
+    """use_backend sets RETAILSIM_CONTRASTIVE_ALGO; no test may leak it into the next."""
+    previous = os.environ.get(ALGORITHM_ENV)
+    yield
+    if previous is None:
+        os.environ.pop(ALGORITHM_ENV, None)
+    else:
+        os.environ[ALGORITHM_ENV] = previous
 
 
 def use_backend(name: str, device: torch.device) -> None:
-    if name == "triton" and not backend.triton_runs_on(device):
+    """``torch``, or ``triton-<algorithm>``: the Triton backend with that algorithm."""
+    backend_name, _, algorithm = name.partition("-")
+    if backend_name == "triton" and not backend.triton_runs_on(device):
         pytest.skip("Triton cannot run on these tensors here (CPU needs TRITON_INTERPRET=1 and Triton)")
-    backend.set_backend(name)
+    backend.set_backend(backend_name)
+    if algorithm:
+        os.environ[ALGORITHM_ENV] = algorithm
 
 
 def make_problem(n, m, d, seed, *, dtype=torch.float64, device="cpu", groups=5, labels=9, ignored=0.2):
@@ -141,11 +159,12 @@ def test_confident_scores_no_worse_than_fp32_pytorch(backend_name):
     assert_low_precision_close(grads[1], same_grads[1], ref64_grads[1], "candidate gradient")
 
 
-def test_triton_splits_and_d_chunks_match():
+@pytest.mark.parametrize("backend_name", TRITON_ALGORITHMS)
+def test_triton_splits_and_d_chunks_match(backend_name):
     """The split of the candidate/anchor loops (partials merged by torch) and the chunking of D."""
     from retailsim.ops.contrastive_loss.triton import config_override
 
-    use_backend("triton", torch.device("cpu"))
+    use_backend(backend_name, torch.device("cpu"))
     floats, ids, gen = make_problem(50, 100, 40, seed=4, dtype=torch.float32)
     with config_override(splits=3, BLOCK_D=16):  # 3 splits of the loops, 3 chunks of D = 40
         check_fp32_parity(floats, ids, gen, reduction="none")
@@ -226,9 +245,9 @@ def test_forward_without_grad_and_single_input_grads(backend_name):
 def test_empty_anchor_set():
     floats, ids, _ = make_problem(0, 5, 16, seed=10, dtype=torch.float32)
     for name in BACKENDS:
-        if name == "triton" and not backend.triton_runs_on(torch.device("cpu")):
+        if name.startswith("triton") and not backend.triton_runs_on(torch.device("cpu")):
             continue
-        backend.set_backend(name)
+        use_backend(name, torch.device("cpu"))
         loss = contrastive_loss(floats["anchors"], floats["candidates"], **ids)
         (grad,) = torch.autograd.grad(loss, floats["candidates"])
         assert loss.item() == 0.0 and torch.equal(grad, torch.zeros_like(grad))
@@ -275,7 +294,7 @@ def test_deterministic_bits(backend_name):
         loss = contrastive_loss(floats["anchors"], floats["candidates"], **ids, reduction="none")
         return (loss, *torch.autograd.grad(loss.sum(), (floats["anchors"], floats["candidates"])))
 
-    if backend_name == "triton":
+    if backend_name.startswith("triton"):
         from retailsim.ops.contrastive_loss.triton import config_override
 
         with config_override(splits=2):
@@ -314,6 +333,20 @@ def test_input_errors_name_the_argument():
             contrastive_loss(**args)
 
 
+def test_algorithm_choice_default_and_error():
+    pytest.importorskip("triton")
+    from retailsim.ops.contrastive_loss import triton as fused
+    from retailsim.ops.contrastive_loss import triton_algorithm, triton_split
+
+    os.environ.pop(ALGORITHM_ENV, None)
+    assert DEFAULT_ALGORITHM == "fused" and triton_algorithm() is fused
+    os.environ[ALGORITHM_ENV] = "split"
+    assert triton_algorithm() is triton_split
+    os.environ[ALGORITHM_ENV] = "flash"
+    with pytest.raises(ValueError, match="RETAILSIM_CONTRASTIVE_ALGO must be one of fused, split"):
+        triton_algorithm()
+
+
 # ------------------------------------------------------------------------------------------------- CUDA
 
 CUDA = torch.device("cuda")
@@ -322,8 +355,9 @@ CUDA = torch.device("cuda")
 @pytest.mark.cuda
 @pytest.mark.parametrize("labels", [True, False], ids=["labels", "no-labels"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_cuda_fp32_matches_float64_reference(labels, reduction):
-    use_backend("triton", CUDA)
+@pytest.mark.parametrize("backend_name", TRITON_ALGORITHMS)
+def test_cuda_fp32_matches_float64_reference(backend_name, labels, reduction):
+    use_backend(backend_name, CUDA)
     floats, ids, gen = make_problem(1000, 1500, 200, seed=20, dtype=torch.float32, device="cuda", groups=300,
                                     labels=700)
     if not labels:
@@ -338,8 +372,9 @@ def test_cuda_fp32_matches_float64_reference(labels, reduction):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_cuda_low_precision_spec_shape(dtype):
-    use_backend("triton", CUDA)
+@pytest.mark.parametrize("backend_name", TRITON_ALGORITHMS)
+def test_cuda_low_precision_spec_shape(backend_name, dtype):
+    use_backend(backend_name, CUDA)
     floats, ids, gen = make_problem(4096, 4096, 512, seed=21, dtype=dtype, device="cuda", groups=256,
                                     labels=3000)
     upstream = upstream_for("mean", 4096, gen, device="cuda")
@@ -354,8 +389,9 @@ def test_cuda_low_precision_spec_shape(dtype):
 
 
 @pytest.mark.cuda
-def test_cuda_float64_gradcheck():
-    use_backend("triton", CUDA)
+@pytest.mark.parametrize("backend_name", TRITON_ALGORITHMS)
+def test_cuda_float64_gradcheck(backend_name):
+    use_backend(backend_name, CUDA)
     floats, ids, _ = make_problem(20, 40, 24, seed=22, device="cuda", groups=4, labels=10)
     assert torch.autograd.gradcheck(
         lambda a, c: contrastive_loss(a, c, **ids, temperature=0.5, reduction="none"),
@@ -364,10 +400,11 @@ def test_cuda_float64_gradcheck():
 
 
 @pytest.mark.cuda
-def test_cuda_deterministic_and_no_score_matrix():
+@pytest.mark.parametrize("backend_name", TRITON_ALGORITHMS)
+def test_cuda_deterministic_and_no_score_matrix(backend_name):
     """Two runs give identical bits, and fwd+bwd at N = M = 8192 needs less extra memory than one bf16 N x M
     score matrix (128 MiB; everything we keep is O((N + M) D)), so none is materialised."""
-    use_backend("triton", CUDA)
+    use_backend(backend_name, CUDA)
     n = m = 8192
     floats, ids, _ = make_problem(n, m, 128, seed=23, dtype=torch.bfloat16, device="cuda", groups=512,
                                   labels=6000)

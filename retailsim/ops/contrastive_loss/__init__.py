@@ -1,6 +1,8 @@
 """Fused, tiled InfoNCE-style contrastive loss with group and label exclusion (SPEC 6.4)."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from retailsim.ops import backend
@@ -8,6 +10,13 @@ from retailsim.ops.contrastive_loss import chunked
 from retailsim.ops.contrastive_loss.function import CandidateIndex, ContrastiveLossFunction
 
 REDUCTIONS = ("mean", "sum", "none")
+# Triton algorithms: "fused" (triton.py: the anchor gradient folded into the forward, two kernels) and "split"
+# (triton_split.py: FlashAttention-2's shape, three kernels with fewer registers each). The environment variable
+# RETAILSIM_CONTRASTIVE_ALGO, read at each call, overrides DEFAULT_ALGORITHM; "fused" stays the default until an
+# H100 run of benchmarks/sweeps/contrastive_sweep.py shows "split" faster.
+ALGORITHMS = ("fused", "split")
+ALGORITHM_ENV = "RETAILSIM_CONTRASTIVE_ALGO"
+DEFAULT_ALGORITHM = "fused"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 __all__ = ["contrastive_loss"]
@@ -53,7 +62,8 @@ def contrastive_loss(
         (float64 for float64 inputs); bf16/fp16 operands go to the tensor cores as they are.
 
     Backends (``retailsim.ops.backend``): Triton on CUDA (and on CPU under ``TRITON_INTERPRET=1``), a chunked
-    PyTorch path elsewhere; chosen before autograd records the call. Deterministic on every backend.
+    PyTorch path elsewhere; chosen before autograd records the call. Deterministic on every backend. The
+    Triton path has two algorithms, ``RETAILSIM_CONTRASTIVE_ALGO=fused|split`` (default ``DEFAULT_ALGORITHM``).
 
     Example:
         >>> import torch
@@ -72,11 +82,23 @@ def contrastive_loss(
                              temperature, reduction)
     chosen = backend.resolve("contrastive_loss", anchors.device, has_native=False)
     if chosen == "triton":
-        from retailsim.ops.contrastive_loss import triton as impl
+        impl = triton_algorithm()
     else:
         impl = chunked
     return ContrastiveLossFunction.apply(anchors, candidates, index, float(temperature), bool(normalize),
                                          reduction, impl)
+
+
+def triton_algorithm():
+    """The Triton module that RETAILSIM_CONTRASTIVE_ALGO (else DEFAULT_ALGORITHM) names."""
+    name = os.environ.get(ALGORITHM_ENV, "") or DEFAULT_ALGORITHM
+    if name == "fused":
+        from retailsim.ops.contrastive_loss import triton as impl
+    elif name == "split":
+        from retailsim.ops.contrastive_loss import triton_split as impl
+    else:
+        raise ValueError(f"contrastive_loss: {ALGORITHM_ENV} must be one of {', '.join(ALGORITHMS)}, got {name!r}.")
+    return impl
 
 
 def _check_ids(name: str, ids: torch.Tensor, length: int, length_name: str, device: torch.device) -> None:

@@ -221,13 +221,15 @@ class config_override:
         _override.update(self.previous)
 
 
-def _config(operand: torch.Tensor, dim: int) -> dict:
+def _config(operand: torch.Tensor, dim: int, cuda_configs: dict | None = None) -> dict:
+    """The tile shapes for ``operand``'s device and dtype, from ``cuda_configs`` (default: this module's
+    ``_CUDA_CONFIG``; the split algorithm passes its own), with ``config_override``'s entries on top."""
     if operand.device.type != "cuda":
         config = dict(_INTERPRET_CONFIG)
     else:
         kind = "float64" if operand.dtype == torch.float64 else (
             "float32" if operand.dtype == torch.float32 else "half")
-        config = dict(_CUDA_CONFIG[kind])
+        config = dict((_CUDA_CONFIG if cuda_configs is None else cuda_configs)[kind])
     config.update(_override)
     # A chunk of D wider than D itself only pads: shrink it to the power of two covering D (>= 16 for tl.dot).
     config["BLOCK_D"] = min(config["BLOCK_D"], max(16, triton.next_power_of_2(dim)))
@@ -267,9 +269,9 @@ def _split_plan(config, programs, loop_length, block, device):
     return triton.cdiv(loop_blocks, blocks_per_split), blocks_per_split
 
 
-def forward(a_op, c_op, index, scale: float, want_anchor_grad: bool, unit_weight=None):
+def forward(a_op, c_op, index, scale: float, want_anchor_grad: bool, unit_weight=None, config=None):
     """Per anchor: max m_i and sum l_i of the allowed scores (m = M_INIT, l = 0 where ignored), the positive
-    score and, if asked, O_i = sum_j P_ij c_j.
+    score and, if asked, O_i = sum_j P_ij c_j. ``config``: tile shapes from ``_config`` (default: this module's).
 
     Returns ``(row_max, row_sum, positive_score, weighted_candidates or None, None)``: the candidate gradient
     always needs the second kernel (a row of P is only known once the anchor's whole loop is done), so
@@ -278,7 +280,7 @@ def forward(a_op, c_op, index, scale: float, want_anchor_grad: bool, unit_weight
     num_anchors, dim = a_op.shape
     num_candidates = c_op.shape[0]
     acc_dtype = torch.float64 if a_op.dtype == torch.float64 else torch.float32
-    config = _config(a_op, dim)
+    config = _config(a_op, dim) if config is None else config
     anchor_blocks = triton.cdiv(num_anchors, config["BLOCK_N"])
     d_chunks = triton.cdiv(dim, config["BLOCK_D"]) if want_anchor_grad else 1
     splits, blocks_per_split = _split_plan(config, anchor_blocks * d_chunks, num_candidates,
@@ -317,12 +319,12 @@ def forward(a_op, c_op, index, scale: float, want_anchor_grad: bool, unit_weight
 
 
 def candidate_grad(a_op, c_op, index, scale: float, row_max: torch.Tensor, row_sum: torch.Tensor,
-                   row_weight: torch.Tensor) -> torch.Tensor:
+                   row_weight: torch.Tensor, config=None) -> torch.Tensor:
     """(M, D): G_j = sum_i w_i (P_ij - [j = p_i]) a_i, in float32 (float64 for float64 operands)."""
     num_anchors, dim = a_op.shape
     num_candidates = c_op.shape[0]
     acc_dtype = torch.float64 if a_op.dtype == torch.float64 else torch.float32
-    config = _config(a_op, dim)
+    config = _config(a_op, dim) if config is None else config
     candidate_blocks = triton.cdiv(num_candidates, config["BLOCK_M"])
     d_chunks = triton.cdiv(dim, config["BLOCK_D"])
     splits, blocks_per_split = _split_plan(config, candidate_blocks * d_chunks, max(num_anchors, 1),
