@@ -118,10 +118,14 @@ class Evaluator:
             for part in basket_chunks(tokens["rows"], self.chunk_rows):
                 rows, targets = tokens["rows"][part], tokens["targets"][part]
                 allowed = allowed_candidates(self.n_products, tokens["visible"][rows])
-                chunk = {name: p[rows] for name, p in probs.items()}
+                # zero outside the allowed set; every mixture is > 0 on it (popularity or its tie-break share)
+                chunk = {name: p[rows] * allowed for name, p in probs.items()}
+                ids = torch.arange(allowed.shape[1])[None, :]
                 for g, weights in enumerate(grid):
                     mixed = bl.blend_probs(weights, chunk["popularity"], chunk["personal"], chunk["cooccurrence"])
-                    rank = score_tokens(bl.log_scores(mixed), allowed, targets, rows)["rank"]
+                    target = mixed.gather(1, targets[:, None])  # [r, 1], > 0
+                    # metrics.target_ranks' tie rule; disallowed candidates (0) can neither beat nor tie the target
+                    rank = 1 + (mixed > target).sum(1) + ((mixed == target) & (ids < targets[:, None])).sum(1)
                     reciprocal[g] += (1.0 / rank.double()).sum()
                 n_tokens += len(targets)
         if n_tokens == 0:
