@@ -91,7 +91,7 @@ def test_training_step_samples_per_s(benchmark, impl, cache, device, quick):
 
     try:
         measure(benchmark, step, device=device, group=f"model train step {preset} b{batch_size}", impl=impl,
-                ours=impl == auto_pick, rounds=3 if quick else 5, cuda_reps=10, preset=preset, batch=batch_size,
+                ours=impl == auto_pick, rounds=3 if quick else 10, cuda_reps=10, preset=preset, batch=batch_size,
                 parameters=model.num_parameters())
     finally:
         set_backend(None)

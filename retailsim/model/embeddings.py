@@ -11,7 +11,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from retailsim.data import schema
 from retailsim.data.batching import Batch
@@ -48,12 +47,10 @@ class ProductEncoder(nn.Module):
                              torch.zeros(config.vocab_size, len(config.category_sizes), dtype=torch.long))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        vectors = self.embedding(ids)                                     # [..., d_product]
         categories = self.product_category[ids]                           # [..., 4]
-        for level, table in enumerate(self.hierarchy):
-            vectors = vectors + table(categories[..., level])
-        plain = (ids == self.mask_id) | (ids == schema.PAD_ID)            # no hierarchy for MASK / PAD
-        vectors = torch.where(plain.unsqueeze(-1), self.embedding(ids), vectors)
+        hierarchy = sum(table(categories[..., level]) for level, table in enumerate(self.hierarchy))
+        has_hierarchy = (ids != self.mask_id) & (ids != schema.PAD_ID)    # MASK: its own row only; PAD: zeros
+        vectors = self.embedding(ids) + hierarchy * has_hierarchy.unsqueeze(-1)  # [..., d_product]
         return vectors * (ids != schema.PAD_ID).unsqueeze(-1)
 
 

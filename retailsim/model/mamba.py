@@ -17,7 +17,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from retailsim.model.config import WorldModelConfig
 from retailsim.ops import causal_conv1d, selective_scan

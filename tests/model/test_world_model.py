@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from retailsim.data import schema
-from retailsim.data.batching import IGNORE_TARGET, Batch, collate
+from retailsim.data.batching import Batch, collate
 from retailsim.model import WorldModelOutput
 from retailsim.ops import set_backend
 from tests.model.conftest import eval_batch, mixed_samples
