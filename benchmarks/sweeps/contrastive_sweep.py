@@ -56,27 +56,27 @@ def tiles(n, m, k, d, warps, stages, splits=None):
 # (algorithm, dtype, tiles or None for the module's default), most informative first: the budget cuts the tail.
 # split: one config drives all three kernels (stats over anchor blocks BLOCK_N x loop BLOCK_M, anchor kernel the
 # same with a [BLOCK_N, BLOCK_D] accumulator, candidate kernel [BLOCK_M, BLOCK_D] looping over BLOCK_N anchors).
-# BLOCK_D = 512 = D: no score recomputation, the accumulator of the fused kernels' size (the spill case).
+# Comments: registers of the split stats/anchor/candidate kernels on sm_90 compiled by Triton 3.9 offline
+# (contrastive_registers.py; the H100's Triton 3.6 may differ, the table's regs/spills columns say); "spills" =
+# some kernel has local-memory stack. The fused defaults spill (fused fwd 360 B, candidate 744 B).
 BF16, FP32 = torch.bfloat16, torch.float32
 CONFIGS = [
-    ("fused", BF16, None),
-    ("split", BF16, None),
+    ("fused", BF16, None),                            # 64x64 k64 d256 w4 s2: the measured 2.0-2.4 ms
+    ("split", BF16, None),                            # 64x64 k64 d256 w8 s3: 118/186/226
     ("fused", FP32, None),
-    ("split", FP32, None),
-    ("split", BF16, tiles(64, 64, 64, 256, 8, 3)),    # 2 score recomputations instead of 4
-    ("split", BF16, tiles(64, 64, 64, 512, 8, 2)),    # none: 128 accumulator registers a thread at 8 warps
-    ("split", BF16, tiles(128, 64, 64, 128, 8, 3)),
-    ("split", BF16, tiles(64, 64, 64, 128, 8, 3)),
-    ("split", BF16, tiles(128, 64, 64, 256, 8, 2)),
-    ("split", BF16, tiles(64, 64, 128, 256, 8, 2)),   # fewer, longer K steps
-    ("split", BF16, tiles(64, 128, 64, 128, 8, 3)),
-    ("split", BF16, tiles(64, 64, 64, 64, 4, 3)),
-    ("split", BF16, tiles(128, 128, 64, 128, 8, 2)),
-    ("split", FP32, tiles(64, 64, 32, 128, 8, 2)),
-    ("split", FP32, tiles(64, 64, 32, 256, 8, 2)),
-    ("split", FP32, tiles(128, 64, 32, 64, 8, 2)),
-    ("fused", BF16, tiles(64, 64, 64, 128, 4, 3)),    # the fused algorithm with the split default's D chunk
-    ("fused", BF16, tiles(64, 64, 64, 256, 8, 2)),
+    ("split", FP32, None),                            # 64x64 k32 d128 w8 s2: 148/230/246
+    ("split", BF16, tiles(64, 64, 64, 128, 8, 3)),    # 118/139/183, but 4 score recomputations, not 2
+    ("fused", BF16, tiles(64, 64, 64, 256, 8, 3)),    # the fused algorithm at 8 warps: no spills either (202/226)
+    ("split", BF16, tiles(64, 64, 128, 256, 8, 2)),   # 127/195/225, fewer, longer K steps
+    ("split", BF16, tiles(128, 64, 64, 128, 8, 3)),   # 181/187/255, no spills
+    ("fused", BF16, tiles(64, 64, 64, 128, 8, 3)),    # 161/183
+    ("split", BF16, tiles(64, 64, 64, 512, 8, 2)),    # no recomputation; small spills (16/208 B)
+    ("split", BF16, tiles(64, 64, 64, 64, 4, 3)),     # 178/164/252, 8 recomputations
+    ("split", BF16, tiles(128, 64, 64, 256, 8, 2)),   # spills (8/232 B)
+    ("fused", FP32, tiles(64, 64, 32, 128, 8, 2)),    # 236/246
+    ("split", FP32, tiles(64, 64, 32, 64, 4, 2)),     # candidate spills 152 B
+    ("split", BF16, tiles(64, 128, 64, 128, 8, 3)),   # candidate spills 96 B
+    ("split", FP32, tiles(128, 64, 32, 64, 8, 2)),    # candidate spills 240 B
 ]
 
 

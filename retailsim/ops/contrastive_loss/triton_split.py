@@ -39,12 +39,14 @@ from retailsim.ops.contrastive_loss.triton import LOG2E, _dot, _precision, _spli
 KEEPS_INPUT_DTYPE = True  # bf16/fp16 operands go to tl.dot as they are; accumulation is fp32
 
 # Tile shapes on CUDA, shared by the three kernels (BLOCK_N anchor rows, BLOCK_M candidate rows, BLOCK_K the
-# score K-loop step, BLOCK_D the output chunk). Unmeasured guesses until an H100 sweep picks them: see
-# benchmarks/sweeps/contrastive_sweep.py. Under the interpreter, and with config_override, the fused module's
-# entries apply (one override switches both algorithms).
+# score K-loop step, BLOCK_D the output chunk). Not yet timed on a GPU: chosen as the configs that compile for
+# sm_90 without spills (Triton 3.9, registers read off the cubin by benchmarks/sweeps/contrastive_registers.py:
+# bf16 stats/anchor/candidate kernels 118/186/226 registers, fp32 148/230/246; at 4 warps the candidate kernel
+# spills). benchmarks/sweeps/contrastive_sweep.py times them against the alternatives on an H100. Under the
+# interpreter, and with config_override, the fused module's entries apply (one override switches both).
 CUDA_CONFIG = {
-    "half": dict(BLOCK_N=64, BLOCK_M=64, BLOCK_K=64, BLOCK_D=128, num_warps=4, num_stages=3, splits=None),
-    "float32": dict(BLOCK_N=64, BLOCK_M=64, BLOCK_K=32, BLOCK_D=64, num_warps=4, num_stages=2, splits=None),
+    "half": dict(BLOCK_N=64, BLOCK_M=64, BLOCK_K=64, BLOCK_D=256, num_warps=8, num_stages=3, splits=None),
+    "float32": dict(BLOCK_N=64, BLOCK_M=64, BLOCK_K=32, BLOCK_D=128, num_warps=8, num_stages=2, splits=None),
     "float64": dict(BLOCK_N=16, BLOCK_M=16, BLOCK_K=16, BLOCK_D=64, num_warps=4, num_stages=1, splits=None),
 }
 
