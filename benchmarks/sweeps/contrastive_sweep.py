@@ -3,7 +3,8 @@
 On CUDA: forward+backward at 4096 x 4096 x 512 (the SPEC shape, inputs as benchmarks/bench_contrastive_loss.py
 builds them), bf16 and fp32 (TF32 off, so fp32 runs the TF32x3 products the parity path uses), for each
 (algorithm, tile config) below: median of --reps CUDA-event-timed calls after warm-up, the forward alone too,
-peak extra memory, registers and spills of every kernel compiled for the config, and the relative error
+peak extra memory, registers and spills of every kernel compiled for the config, the N x M x D products the
+config does (score recomputations included) and the TFLOP/s they make, and the relative error
 ||x - ref|| / ||ref|| of the loss and both gradients against the float64 reference (contrastive_loss_ref), next to
 the same-dtype eager PyTorch error (the bar of SPEC 6.5: bf16 no worse than 2x it; fp32 1e-5, gradients 1e-4).
 Configs run in the order listed and none is started after --budget seconds (compilation included), so one
@@ -181,7 +182,8 @@ def main() -> int:
         before = compiled_kernels()
         config_started = time.perf_counter()
         row = dict(algorithm=algorithm, dtype=str(dtype).removeprefix("torch."), config=config or "default",
-                   label=name, eager_ms=eager_ms, eager_rel_err=dict(zip(("loss", "dA", "dC"), eager_err)))
+                   label=name, eager_ms=eager_ms, eager_rel_err=dict(zip(("loss", "dA", "dC"), eager_err)),
+                   gemm_passes=gemm_passes(algorithm, dtype, config, device, shape[2]))
         try:
             with fused.config_override(**(config or {})):
                 def step():
@@ -195,6 +197,7 @@ def main() -> int:
                 row["rel_err"] = dict(zip(("loss", "dA", "dC"), (rel_err(x, r) for x, r in zip(out, ref))))
                 del out
                 row["ms"] = median_ms(step, device, reps, warmup)
+                row["tflops"] = row["gemm_passes"] * 2 * shape[0] * shape[1] * shape[2] / (row["ms"] * 1e9)
                 row["fwd_ms"] = median_ms(lambda: contrastive_loss(anchors, candidates, **ids), device, reps,
                                           warmup)
                 if device.type == "cuda":
@@ -218,6 +221,16 @@ def main() -> int:
     return 0 if rows and all("error" not in row or row["config"] != "default" for row in rows) else 1
 
 
+def gemm_passes(algorithm: str, dtype: torch.dtype, config, device: torch.device, dim: int) -> int:
+    """N x M x D matrix products one fwd+bwd does, score recomputations included: with c = cdiv(D, BLOCK_D)
+    chunks, fused = (c scores + P C) + (c scores + dS^T A) = 2c + 2; split = 1 + (c + 1) + (c + 1) = 2c + 3."""
+    table = fused._CUDA_CONFIG if algorithm == "fused" else triton_split.CUDA_CONFIG
+    kind = "float32" if dtype == torch.float32 else "half"
+    tiles_used = dict(fused._INTERPRET_CONFIG if device.type != "cuda" else table[kind], **(config or {}))
+    chunks = -(-dim // min(tiles_used["BLOCK_D"], max(16, 1 << (dim - 1).bit_length())))
+    return 2 * chunks + (2 if algorithm == "fused" else 3)
+
+
 def config_label(config) -> str:
     if config is None:
         return "default"
@@ -232,6 +245,7 @@ def print_row(row: dict) -> None:
     regs = [k["regs"] for k in row["kernels"].values() if k["regs"] is not None]
     err = row["rel_err"]
     print(f"{row['label']:<44} {row['ms']:8.3f} ms  fwd {row['fwd_ms']:7.3f}  eager {row['eager_ms']:7.3f}  "
+          f"{row['gemm_passes']:2d} passes {row['tflops']:6.1f} TFLOP/s  "
           f"peak {row.get('peak_mb', float('nan')):6.1f} MB  regs {max(regs) if regs else '-':>3} "
           f"spills {max(spills) if spills else '-':>4}  err loss {err['loss']:.1e} dA {err['dA']:.1e} "
           f"dC {err['dC']:.1e}  (eager dA {row['eager_rel_err']['dA']:.1e})  first {row['first_call_s']:.1f}s",
