@@ -120,12 +120,14 @@ class Evaluator:
                 allowed = allowed_candidates(self.n_products, tokens["visible"][rows])
                 # zero outside the allowed set; every mixture is > 0 on it (popularity or its tie-break share)
                 chunk = {name: p[rows] * allowed for name, p in probs.items()}
-                ids = torch.arange(allowed.shape[1])[None, :]
-                for g, weights in enumerate(grid):
-                    mixed = bl.blend_probs(weights, chunk["popularity"], chunk["personal"], chunk["cooccurrence"])
+                before_target = torch.arange(allowed.shape[1])[None, :] < targets[:, None]  # [r, V]
+                mixed = torch.empty_like(chunk["popularity"])
+                for g, (w_pop, w_personal, w_cooc) in enumerate(grid):
+                    torch.mul(chunk["popularity"], w_pop, out=mixed)
+                    mixed.add_(chunk["personal"], alpha=w_personal).add_(chunk["cooccurrence"], alpha=w_cooc)
                     target = mixed.gather(1, targets[:, None])  # [r, 1], > 0
                     # metrics.target_ranks' tie rule; disallowed candidates (0) can neither beat nor tie the target
-                    rank = 1 + (mixed > target).sum(1) + ((mixed == target) & (ids < targets[:, None])).sum(1)
+                    rank = 1 + (mixed > target).sum(1, dtype=torch.int32) + ((mixed == target) & before_target).sum(1, dtype=torch.int32)
                     reciprocal[g] += (1.0 / rank.double()).sum()
                 n_tokens += len(targets)
         if n_tokens == 0:

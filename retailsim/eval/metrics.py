@@ -38,13 +38,17 @@ def allowed_candidates(n_products: int, visible: torch.Tensor) -> torch.Tensor:
 
 def target_ranks(scores: torch.Tensor, allowed: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """int64 [R]: 1-based rank of ``targets`` [R] among the allowed candidates of ``scores`` [R, V] (tie rule above)."""
+    return _ranks(scores.masked_fill(~allowed, -math.inf), allowed, targets)
+
+
+def _ranks(masked: torch.Tensor, allowed: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """target_ranks of scores already set to -inf outside ``allowed`` (the target's own score is finite)."""
     assert bool(allowed.gather(1, targets[:, None]).all()), "a target is not an allowed candidate"
-    masked = scores.masked_fill(~allowed, -math.inf)  # [R, V]
     target_score = masked.gather(1, targets[:, None])  # [R, 1]
-    ids = torch.arange(scores.shape[1], device=scores.device)
-    higher = (masked > target_score).sum(1)
-    tied_before = ((masked == target_score) & allowed & (ids[None, :] < targets[:, None])).sum(1)
-    return 1 + higher + tied_before
+    ids = torch.arange(masked.shape[1], device=masked.device)
+    # a tie is with a finite score, hence an allowed candidate
+    tied_before = ((masked == target_score) & (ids[None, :] < targets[:, None])).sum(1, dtype=torch.int32)
+    return 1 + (masked > target_score).sum(1, dtype=torch.int32) + tied_before
 
 
 def score_tokens(scores: torch.Tensor, allowed: torch.Tensor, targets: torch.Tensor,
@@ -55,16 +59,22 @@ def score_tokens(scores: torch.Tensor, allowed: torch.Tensor, targets: torch.Ten
     (rows of the same basket share an id and an allowed set; all of a basket's masked tokens must be in the chunk).
     """
     scores = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
-    log_probs = torch.log_softmax(scores.masked_fill(~allowed, -math.inf), dim=1)  # [R, V]
+    masked = scores.masked_fill(~allowed, -math.inf)  # [R, V]
+    log_probs = torch.log_softmax(masked, dim=1)  # [R, V]
     loglik = log_probs.gather(1, targets[:, None]).squeeze(1)
+    rank = _ranks(masked, allowed, targets)
+    joint_rank = rank.clone()  # a basket with one masked token: its joint score is its own row
     _, group = torch.unique(basket_of, return_inverse=True)
-    n_groups = int(group.max()) + 1 if len(group) else 0
-    finite = log_probs.masked_fill(~allowed, 0.0)  # -inf outside the allowed set would give nan in sums
-    joint = torch.zeros(n_groups, scores.shape[1], dtype=finite.dtype, device=scores.device).index_add_(0, group, finite)
-    joint = joint / torch.bincount(group, minlength=n_groups).to(joint.dtype)[:, None]  # [G, V]
-    return {"rank": target_ranks(scores, allowed, targets),
-            "joint_rank": target_ranks(joint[group], allowed, targets),
-            "loglik": loglik}
+    shared = torch.bincount(group)[group] > 1  # rows of baskets with several masked tokens
+    if bool(shared.any()):
+        _, sub_group = torch.unique(basket_of[shared], return_inverse=True)
+        n_groups = int(sub_group.max()) + 1
+        finite = log_probs[shared].masked_fill(~allowed[shared], 0.0)  # -inf would give nan in the sums
+        joint = torch.zeros(n_groups, scores.shape[1], dtype=finite.dtype, device=scores.device)
+        joint.index_add_(0, sub_group, finite)
+        joint = joint[sub_group].masked_fill(~allowed[shared], -math.inf)  # the sum: the mean times a positive count, same order
+        joint_rank[shared] = _ranks(joint, allowed[shared], targets[shared])
+    return {"rank": rank, "joint_rank": joint_rank, "loglik": loglik}
 
 
 def summarize(rank: torch.Tensor, joint_rank: torch.Tensor, loglik: torch.Tensor) -> dict[str, float | None]:
