@@ -73,7 +73,7 @@ def lr_factor(step: int, epochs: int, steps_per_epoch: int) -> float:
     ramp = max(1, round(RAMP_FRACTION * phase_steps))
     if in_phase < ramp:
         return phase.lr_ratio * (in_phase + 1) / ramp
-    progress = min(1.0, (in_phase - ramp) / max(1, phase_steps - ramp))
+    progress = min(1.0, (in_phase - ramp) / max(1, phase_steps - ramp - 1))  # the last step reaches the floor
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
     return phase.lr_ratio * (COSINE_FLOOR + (1.0 - COSINE_FLOOR) * cosine)
 
