@@ -63,8 +63,16 @@ def test_checkpoints_hold_every_spec_key_and_load_weights_only(tiny_cache, tiny_
     assert len(steps) == 12 and all({"loss", "lr", "samples_per_s", "phase", "focal"} <= set(s) for s in steps)
 
 
-def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_cache, tiny_model_factory, tmp_path, monkeypatch,
-                                                        torch_backend):
+def dropout_model_factory(preset, data, gradient_checkpointing, config=None):
+    """The tiny preset with dropout on, so resuming must restore the torch RNG too."""
+    from retailsim.model import WorldModelConfig, data_sizes_from_cache
+
+    config = config or WorldModelConfig.from_name("tiny", dropout=0.2, **data_sizes_from_cache(data)).to_dict()
+    return build_world_model("tiny", data, gradient_checkpointing, config)
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_cache, tmp_path, monkeypatch, torch_backend):
+    tiny_model_factory = dropout_model_factory
     Trainer(make_config(tiny_cache, tmp_path / "full"), model_factory=tiny_model_factory).run()
     full = step_losses(tmp_path / "full")
 
