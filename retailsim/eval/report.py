@@ -106,30 +106,49 @@ def plot_buckets(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _panel(key: str) -> str | None:
+    if key == "seconds" or key.startswith("best_"):
+        return None
+    if key.endswith("loss"):
+        return "loss"
+    if key in ("lr", "samples_per_s", "grad_norm"):
+        return {"lr": "learning rate", "samples_per_s": "samples/s", "grad_norm": "gradient norm"}[key]
+    return "loss terms"
+
+
 def plot_training(metrics_log: Path, path: Path) -> bool:
-    """Every numeric series of a JSONL log against ``global_step``/``step`` (else the line number)."""
+    """The trainer's JSONL log against ``global_step`` (else ``step``, else the line number): total losses, loss
+    terms, learning rate, samples/s and gradient norm, one panel each (those present)."""
     records = [json.loads(line) for line in Path(metrics_log).read_text().splitlines() if line.strip()]
-    series: dict[str, tuple[list, list]] = {}
+    panels: dict[str, dict[str, tuple[list, list]]] = {}
     for index, record in enumerate(records):
         x = record.get("global_step", record.get("step", index))
         for key, value in record.items():
             if key in ("global_step", "step", "epoch") or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            series.setdefault(key, ([], []))
-            series[key][0].append(x)
-            series[key][1].append(value)
-    if not series:
+            panel = _panel(key)
+            if panel is None or not math.isfinite(value):
+                continue
+            xs, ys = panels.setdefault(panel, {}).setdefault(key, ([], []))
+            xs.append(x)
+            ys.append(value)
+    if not panels:
         return False
     plt = _figure()
-    losses = {k: v for k, v in series.items() if "loss" in k}
-    others = {k: v for k, v in series.items() if "loss" not in k}
-    panels = [p for p in (losses, others) if p]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
-        for key, (xs, ys) in panel.items():
-            ax.plot(xs, ys, label=key)
-        ax.set_xlabel("step")
+    order = [p for p in ("loss", "loss terms", "learning rate", "samples/s", "gradient norm") if p in panels]
+    columns = min(3, len(order))
+    rows = math.ceil(len(order) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, order):
+        for key, (xs, ys) in panels[panel].items():
+            ax.plot(xs, ys, label=key, marker="." if len(xs) < 30 else None)
+        ax.set_title(panel)
+        ax.set_xlabel("optimizer step")
+        if panel == "learning rate":
+            ax.set_yscale("log")
         ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(order):]:
+        ax.axis("off")
     fig.suptitle("training curves")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

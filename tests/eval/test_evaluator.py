@@ -141,3 +141,29 @@ def test_bad_arguments_fail_with_one_line(tiny_checkpoint, eval_cache, tmp_path,
     assert module_main("retailsim.evaluate", base + argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err
+
+
+@pytest.mark.cuda
+def test_cuda_evaluation_matches_cpu(eval_cache, tiny_checkpoint):
+    from retailsim.eval.checkpoint import load_model
+
+    kwargs = dict(batch_size=32, max_batches=2)
+    cpu = Evaluator(eval_cache, device="cpu", **kwargs).evaluate(load_model(tiny_checkpoint, eval_cache, "cpu"),
+                                                                  "test", blend_weights=(0.0, 1.0, 0.0))
+    cuda = Evaluator(eval_cache, device="cuda", **kwargs).evaluate(load_model(tiny_checkpoint, eval_cache, "cuda"),
+                                                                    "test", blend_weights=(0.0, 1.0, 0.0))
+    assert cuda["baselines"] == cpu["baselines"] and cuda["n_tokens"] == cpu["n_tokens"]
+    for name in ("hr@10", "mrr", "loglik"):
+        assert cuda["metrics"][name] == pytest.approx(cpu["metrics"][name], rel=1e-3, abs=1e-3)
+
+
+def test_training_curves_from_the_trainers_log(tmp_path):
+    from retailsim.eval.report import plot_training
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text(json.dumps({"kind": "step", "epoch": 1, "global_step": 5, "loss": 6.0, "focal": 5.5, "lr": 1e-4,
+                               "grad_norm": 2.0}) + "\n" + json.dumps({"kind": "epoch", "epoch": 1, "global_step": 10,
+                               "train_loss": 5.0, "val_loss": float("nan"), "samples_per_s": 90.0}) + "\n")
+    assert plot_training(log, tmp_path / "curves.png") and (tmp_path / "curves.png").stat().st_size > 1000
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"kind": "epoch", "phase": "main"}) + "\n")
+    assert not plot_training(tmp_path / "empty.jsonl", tmp_path / "none.png")
