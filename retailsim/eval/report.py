@@ -51,7 +51,9 @@ def markdown_table(results: dict) -> str:
     weights = results["baselines"]["blend"].get("weights")
     if weights:
         lines += ["", "Blend weights (tuned on validation, max MRR): "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in weights.items())]
+                  + ", ".join(f"{k} {v:.1f}" for k, v in weights.items())
+                  + (" - tuned on this very split, so the blend's numbers here are optimistic."
+                     if results["split"] == "validation" else ".")]
     oracle = results.get("oracle")
     if oracle:
         lines += ["", f"Oracle: the generator's own rank (basket's other items excluded, slightly optimistic); "
