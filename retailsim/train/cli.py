@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, shuffling, masks and dropout")
     parser.add_argument("--grad-accum", type=int, default=1, help="batches accumulated per optimizer step")
     parser.add_argument("--max-steps", type=int, default=0,
-                        help="stop after this many optimizer steps (0: no limit); for smoke runs")
+                        help="stop after this many optimizer steps (0: no limit), for smoke runs; the checkpoint "
+                             "then written counts the cut epoch as done")
     parser.add_argument("--patience", type=int, default=5,
                         help="stop after this many epochs without a better validation loss (0: never)")
     parser.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
@@ -35,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recompute activations in backward (less memory, slower)")
     parser.add_argument("--backend", default="auto",
                         help="kernel backend of retailsim.ops: auto, torch, triton or native")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's default); 1 is much faster on a busy shared machine")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -45,7 +48,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.backend not in ("auto", "torch", "triton", "native"):
         raise RetailSimInputError(f"--backend must be one of auto, torch, triton, native, got {args.backend!r}.")
+    if args.threads < 0:
+        raise RetailSimInputError(f"--threads must be 0 or more, got {args.threads}.")
     set_backend(args.backend)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     config = TrainConfig(data=args.data, out=args.out, preset=args.preset, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
                          grad_accum=args.grad_accum, max_steps=args.max_steps, patience=args.patience,
