@@ -17,6 +17,7 @@ All terms are computed in float32 whatever autocast produced.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -106,9 +107,14 @@ class WorldModelLoss(torch.nn.Module):
 
     def forward(self, model, batch: Batch, output: WorldModelOutput,
                 all_tasks: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        terms = {"focal": self.focal(model, batch, output)}
-        if all_tasks:
-            terms["contrastive"] = self.contrastive(model, batch, output)
-            terms.update(self.auxiliary(batch, output))
+        device_type = output.basket_hidden.device.type
+        # float32 losses even inside the trainer's bf16 autocast (the fused kernels' matmuls included)
+        precision = (torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu")
+                     else contextlib.nullcontext())
+        with precision:
+            terms = {"focal": self.focal(model, batch, output)}
+            if all_tasks:
+                terms["contrastive"] = self.contrastive(model, batch, output)
+                terms.update(self.auxiliary(batch, output))
         total = sum(getattr(self.weights, name) * value for name, value in terms.items())
         return total, {name: value.detach() for name, value in terms.items()}

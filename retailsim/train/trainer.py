@@ -246,6 +246,9 @@ class Trainer:
             phase = phase_of(epoch, cfg.epochs)
             record = self.train_epoch(epoch, phase)
             val_loss = self.validate(epoch)
+            if val_loss is None:  # no validation batch (tiny split or many ranks): judge by training
+                val_loss = record["train_loss"]
+                record["val_loss_from"] = "train"
             record["val_loss"] = val_loss
             improved = val_loss < self.best_val_loss
             if improved:
@@ -345,8 +348,9 @@ class Trainer:
         return float(value)
 
     @torch.no_grad()
-    def validate(self, epoch: int) -> float:
-        """Mean all-task loss over the validation split (evaluation masks), weighted by samples."""
+    def validate(self, epoch: int) -> float | None:
+        """Mean all-task loss over the validation split (evaluation masks), weighted by samples; None when this
+        rank count leaves no validation batch (then best_model.pt follows the training loss)."""
         self.step_module.eval()
         loader = self.validation_loader()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
@@ -358,7 +362,7 @@ class Trainer:
             total[1] += len(batch)
         if self.distributed:
             dist.all_reduce(total)
-        return float(total[0] / total[1]) if total[1] > 0 else math.inf
+        return float(total[0] / total[1]) if total[1] > 0 else None
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def checkpoint_state(self, epoch: int) -> dict:
