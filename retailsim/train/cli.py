@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if trainer.is_main and record:
         print(f"trained to epoch {record['epoch']} ({record['global_step']} steps): train loss "
-              f"{record['train_loss']:.4f}, validation loss {record['val_loss']:.4f}, best {record['best_val_loss']:.4f}; "
+              f"{record['train_loss']:.4f}, validation loss {record['val_loss']:.4f}, "
+              f"best {record['best_val_loss']:.4f}; "
               f"checkpoints in {config.out}")
     return 0

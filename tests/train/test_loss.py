@@ -69,7 +69,8 @@ def auxiliary_reference(batch, output) -> dict[str, torch.Tensor]:
     for i, name in enumerate(schema.LABEL_TARGETS):
         labels, logits = batch.labels[:, i], output.aux_logits[name].double()
         known = labels != 0
-        heads[name] = F.cross_entropy(logits[known], labels[known]) if known.any() else torch.zeros((), dtype=torch.float64)
+        heads[name] = (F.cross_entropy(logits[known], labels[known]) if known.any()
+                       else torch.zeros((), dtype=torch.float64))
     return heads
 
 

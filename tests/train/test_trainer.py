@@ -216,7 +216,8 @@ def test_ddp_two_gloo_processes_match_one_process(tiny_cache, tmp_path, torch_ba
         if not all_tasks:
             assert all(float(ddp[False][n].abs().sum()) == 0 for n in ddp[False] if n.startswith("aux_heads"))
     lines = [json.loads(line) for line in (tmp_path / "trainer" / "metrics.jsonl").read_text().splitlines()]
-    assert [line["global_step"] for line in lines if line["kind"] == "step"] == [1, 2, 3]  # 6 batches of 32 (163 baskets) / 2 ranks
+    # 163 baskets: 6 batches of 32, 3 per rank
+    assert [line["global_step"] for line in lines if line["kind"] == "step"] == [1, 2, 3]
     assert torch.load(tmp_path / "trainer" / "checkpoint_epoch_1.pt", weights_only=True)["global_step"] == 3
 
 
