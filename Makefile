@@ -34,11 +34,9 @@ bench: native
 	$(PY) -m pytest benchmarks -q --device cpu --benchmark-json benchmarks/results/cpu-latest.json
 	$(PY) benchmarks/report.py benchmarks/results/cpu-latest.json --out benchmarks/results/cpu-latest.md
 
-# Training and evaluation join the demo with the model (issue 6); for now it generates and prepares the data.
+# generate -> prepare-samples -> prepare-tensor-cache -> train -> evaluate -> report, under runs/demo/.
 demo: native
-	$(VENV)/bin/retailsim generate --out $(DEMO_OUT)/raw --overwrite
-	$(VENV)/bin/retailsim prepare-samples --input $(DEMO_OUT)/raw --out $(DEMO_OUT)/samples --overwrite
-	$(VENV)/bin/retailsim prepare-tensor-cache --samples $(DEMO_OUT)/samples --out $(DEMO_OUT)/cache --overwrite
+	$(VENV)/bin/retailsim demo --out $(DEMO_OUT)
 
 clean:
 	rm -rf build $(VENV) retailsim/_native*.so .pytest_cache .benchmarks

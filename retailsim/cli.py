@@ -17,6 +17,9 @@ VERBS = {
     "generate": "retailsim.generate",
     "prepare-samples": "retailsim.prepare_samples",
     "prepare-tensor-cache": "retailsim.prepare_tensor_cache",
+    "train": "retailsim.train.cli",
+    "evaluate": "retailsim.evaluate",
+    "demo": "retailsim.demo",
 }
 
 
