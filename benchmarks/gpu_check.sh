@@ -44,6 +44,33 @@ echo "== kernel benchmarks against their peers"
 rc=$?; [ $rc -eq 0 ] || [ $rc -eq 5 ] || status=1
 [ -f "$RESULTS/$tag.json" ] && "$PY" benchmarks/report.py "$RESULTS/$tag.json" --out "$RESULTS/$tag.md"
 
-echo "== training steps of the default model: skipped, the model and trainer are not built yet (issue 6)"
-echo "gpu_check: results in $RESULTS/$tag.{json,md}; exit $status"
+echo "== training steps with each backend (SPEC 9)"
+# The default model at batch 256 for 200 steps on CUDA; the dry run uses the tiny preset for a few steps.
+if [ "$device" = cuda ]; then preset=default; steps=200; batch=256; else preset=tiny; steps=3; batch=16; fi
+work="$(mktemp -d)"
+"$PY" -m retailsim.generate --out "$work/raw" --customers 2000 --weeks 60 --quiet \
+  && "$PY" -m retailsim.prepare_samples --input "$work/raw" --out "$work/samples" --quiet \
+  && "$PY" -m retailsim.prepare_tensor_cache --samples "$work/samples" --out "$work/cache" --quiet || status=1
+for backend in triton torch; do
+  [ "$device" = cpu ] && [ "$backend" = triton ] && { echo "triton training steps: skipped in the CPU dry run (minutes per step in the interpreter)"; continue; }
+  start=$(date +%s.%N)
+  "$PY" -m retailsim.train --data "$work/cache" --out "$work/ckpt-$backend" --preset "$preset" --epochs 1 \
+    --max-steps "$steps" --batch-size "$batch" --backend "$backend" --device "$device" --quiet --log-every 50 || status=1
+  end=$(date +%s.%N)
+  "$PY" - "$work/ckpt-$backend/metrics.jsonl" "$backend" "$preset" "$steps" "$batch" "$start" "$end" \
+    "$RESULTS/$tag-train.jsonl" <<'PYEOF' || status=1
+import json, sys
+log, backend, preset, steps, batch, start, end, out = sys.argv[1:]
+records = [json.loads(line) for line in open(log)]
+epoch = [r for r in records if "train_loss" in r][-1]
+row = {"backend": backend, "preset": preset, "steps": int(steps), "batch_size": int(batch),
+       "wall_s": round(float(end) - float(start), 2), "samples_per_s": epoch.get("samples_per_s"),
+       "train_loss": epoch["train_loss"], "validation_loss": epoch.get("val_loss")}
+print("training:", json.dumps(row))
+with open(out, "a") as sink:
+    sink.write(json.dumps(row) + "\n")
+PYEOF
+done
+rm -rf "$work"
+echo "gpu_check: results in $RESULTS/$tag.{json,md} and $tag-train.jsonl; exit $status"
 exit $status
