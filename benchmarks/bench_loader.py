@@ -15,15 +15,14 @@ Data: the demo-size synthetic set (2,000 customers, 800 products, 60 weeks) gene
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from generated_data import generated_cache
 from harness import measure
 from retailsim import native
-from retailsim.cli import module_main
 from retailsim.data import cooccurrence as co
 from retailsim.data.batching import Batch, CollateArrays, collate_items, context_features, kernel_arguments
 from retailsim.data.collate_reference import collate_items_reference
@@ -31,22 +30,11 @@ from retailsim.data.loader import make_loader, padding_fraction, set_epoch
 
 BATCH = 256
 MAX_HISTORY = 256
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def cache(quick):
-    customers, weeks = (300, 20) if quick else (2000, 60)
-    folder = ROOT / ".benchmarks" / f"loader-cache-{customers}x{weeks}"
-    if not (folder / "cache" / "cache.json").is_file():
-        steps = [("retailsim.generate", ["--out", folder / "raw", "--customers", customers, "--weeks", weeks,
-                                         "--overwrite", "--quiet"]),
-                 ("retailsim.prepare_samples", ["--input", folder / "raw", "--out", folder / "samples", "--quiet"]),
-                 ("retailsim.prepare_tensor_cache", ["--samples", folder / "samples", "--out", folder / "cache",
-                                                     "--quiet"])]
-        for module, argv in steps:
-            assert module_main(module, [str(a) for a in argv]) == 0, module
-    return folder / "cache"
+    return generated_cache(*((300, 20) if quick else (2000, 60)))
 
 
 @pytest.fixture(scope="module")

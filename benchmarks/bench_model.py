@@ -19,20 +19,18 @@ generate once); ``--quick`` uses 300 customers and 20 weeks.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from generated_data import generated_cache
 from harness import measure
 from retailsim import native
-from retailsim.cli import module_main
 from retailsim.data.batching import CollateArrays, collate
 from retailsim.model import WorldModel, WorldModelConfig, data_sizes_from_cache, product_category_from_cache
 from retailsim.ops import set_backend
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def setting(device: torch.device, quick: bool) -> tuple[str, int]:
@@ -48,17 +46,7 @@ def backends_for(device: torch.device) -> tuple[str, ...]:
 
 @pytest.fixture(scope="module")
 def cache(quick):
-    customers, weeks = (300, 20) if quick else (2000, 60)
-    folder = ROOT / ".benchmarks" / f"loader-cache-{customers}x{weeks}"
-    if not (folder / "cache" / "cache.json").is_file():
-        steps = [("retailsim.generate", ["--out", folder / "raw", "--customers", customers, "--weeks", weeks,
-                                         "--overwrite", "--quiet"]),
-                 ("retailsim.prepare_samples", ["--input", folder / "raw", "--out", folder / "samples", "--quiet"]),
-                 ("retailsim.prepare_tensor_cache", ["--samples", folder / "samples", "--out", folder / "cache",
-                                                     "--quiet"])]
-        for module, argv in steps:
-            assert module_main(module, [str(a) for a in argv]) == 0, module
-    return folder / "cache"
+    return generated_cache(*((300, 20) if quick else (2000, 60)))
 
 
 @pytest.mark.parametrize("impl", ["native", "triton", "torch"])
