@@ -38,6 +38,22 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     return tl.dot(a, b, input_precision=PRECISION)
 
 
+@triton.jit
+def _score_tile(b_scores, p_a_rows, p_c_rows, o_k, m_n, m_m, D, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+                UPCAST: tl.constexpr):
+    """b_scores + A_tile C_tile^T over D in chunks of BLOCK_K (rows of A at p_a_rows, of C at p_c_rows).
+
+    Every kernel recomputes its scores through this one loop, so a backward's s_ij are the forward's floats
+    bit for bit (P_ip = exp(s_ip - m_i) / l_i stays exactly 1 / l_i for a confident anchor)."""
+    for start_k in range(0, D, BLOCK_K):
+        o_kk = start_k + o_k
+        m_k = o_kk < D
+        b_a = tl.load(p_a_rows + o_kk[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
+        b_c = tl.load(p_c_rows + o_kk[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
+        b_scores += _dot(b_a, tl.trans(b_c), PRECISION, UPCAST)
+    return b_scores
+
+
 @triton.jit(do_not_specialize=["N", "M", "blocks_per_split"])
 def _contrastive_fwd_kernel(
     a_ptr, c_ptr, positive_ptr, anchor_group_ptr, candidate_group_ptr, candidate_label_ptr, positive_label_ptr,
@@ -83,14 +99,8 @@ def _contrastive_fwd_kernel(
         o_m = start_m + tl.arange(0, BLOCK_M)
         m_m = o_m < M
         p_c_rows = c_ptr + o_m.to(tl.int64)[:, None] * stride_c
-        b_scores = tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_dtype)
-        for start_k in range(0, D, BLOCK_K):
-            o_kk = start_k + o_k
-            m_k = o_kk < D
-            b_a = tl.load(p_a_rows + o_kk[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
-            b_c = tl.load(p_c_rows + o_kk[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
-            b_scores += _dot(b_a, tl.trans(b_c), PRECISION, UPCAST)
-        b_scores = b_scores * scale
+        b_scores = _score_tile(tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_dtype), p_a_rows, p_c_rows, o_k, m_n, m_m, D,
+                               BLOCK_K, PRECISION, UPCAST) * scale
 
         b_is_positive = o_m[None, :] == b_positive[:, None]
         b_candidate_group = tl.load(candidate_group_ptr + o_m, mask=m_m, other=0)
@@ -164,16 +174,8 @@ def _contrastive_bwd_candidate_kernel(
         b_inv_row_sum = tl.load(inv_row_sum_ptr + o_n, mask=m_n, other=0.0)
         b_row_weight = tl.load(row_weight_ptr + o_n, mask=m_n, other=0.0)
 
-        # Scores in the forward's orientation (anchors x candidates, same K loop), so that the recomputed s_ij
-        # are the forward's floats and P_ip = exp(s_ip - m_i) / l_i is exactly 1 / l_i for a confident anchor.
-        b_scores = tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_dtype)
-        for start_k in range(0, D, BLOCK_K):
-            o_kk = start_k + o_k
-            m_k = o_kk < D
-            b_a = tl.load(p_a_rows + o_kk[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
-            b_c = tl.load(p_c_rows + o_kk[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
-            b_scores += _dot(b_a, tl.trans(b_c), PRECISION, UPCAST)
-        b_scores = b_scores * scale
+        b_scores = _score_tile(tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_dtype), p_a_rows, p_c_rows, o_k, m_n, m_m, D,
+                               BLOCK_K, PRECISION, UPCAST) * scale
 
         b_is_positive = o_m[None, :] == b_positive[:, None]
         b_keep = b_candidate_group[None, :] != b_anchor_group[:, None]

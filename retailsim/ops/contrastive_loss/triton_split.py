@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from retailsim.ops.contrastive_loss import triton as fused
-from retailsim.ops.contrastive_loss.triton import LOG2E, _dot, _precision, _split_plan, _upcast
+from retailsim.ops.contrastive_loss.triton import LOG2E, _dot, _precision, _score_tile, _split_plan, _upcast
 
 KEEPS_INPUT_DTYPE = True  # bf16/fp16 operands go to tl.dot as they are; accumulation is fp32
 
@@ -95,14 +95,8 @@ def _contrastive_anchor_kernel(
         o_m = start_m + tl.arange(0, BLOCK_M)
         m_m = o_m < M
         p_c_rows = c_ptr + o_m.to(tl.int64)[:, None] * stride_c
-        b_scores = tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_dtype)
-        for start_k in range(0, D, BLOCK_K):
-            o_kk = start_k + o_k
-            m_k = o_kk < D
-            b_a = tl.load(p_a_rows + o_kk[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
-            b_c = tl.load(p_c_rows + o_kk[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
-            b_scores += _dot(b_a, tl.trans(b_c), PRECISION, UPCAST)
-        b_scores = b_scores * scale
+        b_scores = _score_tile(tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_dtype), p_a_rows, p_c_rows, o_k, m_n, m_m, D,
+                               BLOCK_K, PRECISION, UPCAST) * scale
 
         b_is_positive = o_m[None, :] == b_positive[:, None]
         b_candidate_group = tl.load(candidate_group_ptr + o_m, mask=m_m, other=0)
