@@ -213,6 +213,23 @@ struct Inputs {
     bool softplus;
 };
 
+// The validated input buffers of one call; Bt/Ct are filled by the caller once B and C are transposed.
+template <class T>
+Inputs<T> gather_inputs(const Problem& p, const py::object& u, const py::object& delta, const py::object& A,
+                        const py::object& D, const py::object& z, const py::object& delta_bias, bool delta_softplus,
+                        const char* fn) {
+    return Inputs<T>{p,
+                     buffer<T>(u, fn, "u"),
+                     buffer<T>(delta, fn, "delta"),
+                     buffer<T>(A, fn, "A"),
+                     nullptr,
+                     nullptr,
+                     optional_buffer<T>(D, fn, "D"),
+                     optional_buffer<T>(z, fn, "z"),
+                     optional_buffer<T>(delta_bias, fn, "delta_bias"),
+                     delta_softplus};
+}
+
 // (batch, groups, N, L) -> (batch, groups, L, N), in tiles so both sides stay in cache.
 template <class T>
 void transpose_state_time(const T* src, T* dst, int64_t groups, const Problem& p, int threads) {
@@ -504,16 +521,7 @@ py::tuple forward_impl(const py::object& u, const py::object& delta, const py::o
     auto out = new_array<T>({p.batch, p.dim, p.length});
     auto last_state = new_array<T>({p.batch, p.dim, p.state});
     auto checkpoints = new_array<T>({p.batch, p.dim, p.n_checkpoints(), p.state});
-    Inputs<T> in{p,
-              buffer<T>(u, fn, "u"),
-              buffer<T>(delta, fn, "delta"),
-              buffer<T>(A, fn, "A"),
-              nullptr,
-              nullptr,
-              optional_buffer<T>(D, fn, "D"),
-              optional_buffer<T>(z, fn, "z"),
-              optional_buffer<T>(delta_bias, fn, "delta_bias"),
-              delta_softplus};
+    Inputs<T> in = gather_inputs<T>(p, u, delta, A, D, z, delta_bias, delta_softplus, fn);
     const T* B_data = buffer<T>(B, fn, "B");
     const T* C_data = buffer<T>(C, fn, "C");
     T* out_data = out.mutable_data();
@@ -562,16 +570,7 @@ py::tuple backward_impl(const py::object& dout, const py::object& u, const py::o
     auto dD = new_array<T>({p.dim});
     auto dbias = new_array<T>({p.dim});
     py::object dz = py::none();
-    Inputs<T> in{p,
-              buffer<T>(u, fn, "u"),
-              buffer<T>(delta, fn, "delta"),
-              buffer<T>(A, fn, "A"),
-              nullptr,
-              nullptr,
-              optional_buffer<T>(D, fn, "D"),
-              optional_buffer<T>(z, fn, "z"),
-              optional_buffer<T>(delta_bias, fn, "delta_bias"),
-              delta_softplus};
+    Inputs<T> in = gather_inputs<T>(p, u, delta, A, D, z, delta_bias, delta_softplus, fn);
     Grads<T> g{du.mutable_data(), ddelta.mutable_data(), nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
     if (in.z) {
         auto dz_array = new_array<T>({p.batch, p.dim, p.length});
