@@ -13,6 +13,7 @@ from retailsim.ops import backend, backend_info
 from retailsim.ops.selective_scan import selective_scan, selective_scan_ref
 from retailsim.ops.selective_scan import torch_scan
 from retailsim.ops.selective_scan.function import native_launchers
+from tests.ops.selective_scan_cases import OPTIONS
 from tests.tolerances import (
     FP32_GRAD_REL_ERR,
     FP32_REL_ERR,
@@ -22,14 +23,6 @@ from tests.tolerances import (
 )
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-OPTIONS = {  # name -> (has D, has z, has delta_bias, delta_softplus)
-    "plain": (False, False, False, False),
-    "D": (True, False, False, False),
-    "z": (False, True, False, False),
-    "bias": (False, False, True, False),
-    "softplus": (False, False, False, True),
-    "all": (True, True, True, True),
-}
 
 
 def use_path(path: str, device: torch.device = torch.device("cpu")) -> None:

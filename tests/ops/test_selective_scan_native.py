@@ -18,6 +18,7 @@ import torch
 from retailsim import native as native_loader
 from retailsim.ops import backend
 from retailsim.ops.selective_scan import native, selective_scan, selective_scan_ref, torch_scan
+from tests.ops.selective_scan_cases import OPTIONS
 from tests.tolerances import (
     FP32_GRAD_REL_ERR,
     FP32_REL_ERR,
@@ -29,14 +30,6 @@ from tests.tolerances import (
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 GRAD_ORDER = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")  # the launchers' order
-OPTIONS = {  # id -> (D, z, delta_bias, delta_softplus)
-    "plain": (False, False, False, False),
-    "D": (True, False, False, False),
-    "z": (False, True, False, False),
-    "bias": (False, False, True, False),
-    "softplus": (False, False, False, True),
-    "all": (True, True, True, True),
-}
 SHAPES = {  # id -> (batch, dim, L, N, B groups, C groups); None: (batch, N, L)
     "L1-dim3-N1": (2, 3, 1, 1, None, None),
     "L63-dim5-N16": (2, 5, 63, 16, None, None),
