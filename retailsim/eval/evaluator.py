@@ -161,18 +161,19 @@ class Evaluator:
             self._majority(batch, majority_correct)
             probs = self._baseline_probs(batch, tokens)
             probs["blend"] = bl.blend_probs(blend_weights, probs["popularity"], probs["personal"], probs["cooccurrence"])
-            hidden = None
+            output = None
             if model is not None:
-                output = model(batch.to(self.device))
-                hidden = output.basket_hidden[tokens["rows"].to(self.device), tokens["cols"].to(self.device)]  # [R, D]
+                on_device = batch.to(self.device)
+                output = model(on_device)
                 self._aux(output, batch, aux_correct)
             for part in basket_chunks(tokens["rows"], self.chunk_rows):
                 rows, targets = tokens["rows"][part], tokens["targets"][part]
                 allowed = allowed_candidates(self.n_products, tokens["visible"][rows])
                 for name in bl.BASELINES:
                     results[name].add(score_tokens(bl.log_scores(probs[name][rows]), allowed, targets, rows))
-                if hidden is not None:
-                    logits = model.product_logits(hidden[part])  # [r, V] on the model's device
+                if output is not None:
+                    logits = model.slot_scores(output, on_device, rows.to(self.device),
+                                               tokens["cols"][part].to(self.device))  # [r, V] on the model's device
                     results["model"].add(score_tokens(logits, allowed.to(logits.device), targets.to(logits.device),
                                                       rows.to(logits.device)))
         repeat, bucket = torch.cat(repeat), torch.cat(bucket)

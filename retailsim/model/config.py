@@ -57,6 +57,8 @@ class WorldModelConfig:
     dropout: float = 0.1
     # --- heads ---
     tie_output: bool = False  # True: output vectors = product embedding through a d_product -> d_model map
+    copy_head: bool = True   # pointer scores over the history join the catalogue softmax (world_model.py)
+    d_copy: int = 64         # query/key width of the copy head
     condition_on_mission: bool = False  # simulation: a given basket_mission is an input, its head is off
     # --- training switches ---
     gradient_checkpointing: bool = False
@@ -74,7 +76,7 @@ class WorldModelConfig:
         """Raise RetailSimInputError naming the first field whose value cannot build a model."""
         positive = ("vocab_size", "n_stores", "n_store_regions", "d_model", "d_customer", "d_product", "d_time",
                     "d_price", "d_store", "d_trip", "n_fourier", "max_history", "n_mamba_layers", "mamba_expand",
-                    "d_state", "d_conv", "dt_rank", "n_decoder_layers", "n_heads", "d_ffn")
+                    "d_state", "d_conv", "dt_rank", "n_decoder_layers", "n_heads", "d_ffn", "d_copy")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -92,7 +94,7 @@ class WorldModelConfig:
                                       f"({self.d_model}).")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise RetailSimInputError(f"WorldModelConfig.dropout must be in [0, 1), got {self.dropout!r}.")
-        for name in ("tie_output", "condition_on_mission", "gradient_checkpointing"):
+        for name in ("tie_output", "copy_head", "condition_on_mission", "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise RetailSimInputError(f"WorldModelConfig.{name} must be True or False, got "
                                           f"{getattr(self, name)!r}.")
@@ -202,3 +204,9 @@ def product_category_from_cache(cache_dir) -> np.ndarray:
     manifest = json.loads((folder / "cache.json").read_text())
     entry = manifest["arrays"]["vocab/product_category"]
     return np.asarray(np.load(folder / entry["path"]), np.int64)
+
+
+def product_counts_from_cache(cache_dir) -> np.ndarray:
+    """int64 [vocab_size]: training baskets holding each product id (UNK: the rare products together; PAD and
+    MASK 0), counted by Stage 1 over the training weeks only. ``WorldModel.init_output_bias`` reads it."""
+    return np.asarray(np.load(Path(cache_dir) / "vocab" / "product_train_baskets.npy"), np.int64)

@@ -151,9 +151,13 @@ class HistoryInput(nn.Module):
         self.project = nn.Linear(config.d_product + 2 * self.n + 1, config.d_model)
 
     def forward(self, product_vectors: torch.Tensor, weeks_before: torch.Tensor) -> torch.Tensor:
-        weeks = weeks_before.float()
-        age = torch.cat([torch.log1p(weeks).unsqueeze(-1), fourier_features(weeks / 52, self.n)], dim=-1)
-        return self.project(torch.cat([product_vectors, age], dim=-1))
+        return self.project(torch.cat([product_vectors, age_features(weeks_before, self.n)], dim=-1))
+
+
+def age_features(weeks_before: torch.Tensor, n_harmonics: int) -> torch.Tensor:
+    """[..., 2 n + 1]: log1p(weeks before the basket) and the Fourier features of weeks / 52 (time of year)."""
+    weeks = weeks_before.float()
+    return torch.cat([torch.log1p(weeks).unsqueeze(-1), fourier_features(weeks / 52, n_harmonics)], dim=-1)
 
 
 class Fusion(nn.Module):

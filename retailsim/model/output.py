@@ -2,7 +2,8 @@
 
 The model never materialises product logits in forward: the loss feeds ``basket_hidden`` at masked positions
 and ``WorldModel.output_weight`` / ``WorldModel.output_bias`` to ``retailsim.ops.linear_focal_loss``; the
-evaluator ranks the catalogue with ``WorldModel.product_logits(hidden)`` in chunks; the contrastive loss takes
+evaluator ranks the catalogue with ``WorldModel.product_scores`` (catalogue logits + pointer votes of the history,
+model/copy_head.py) in chunks; the contrastive loss takes
 candidates from ``WorldModel.product_vectors(product_ids)`` (the catalogue side, in the model's output space).
 """
 from __future__ import annotations
@@ -20,8 +21,11 @@ class WorldModelOutput:
     context_hidden [B, D]       decoder output at the context token (reads the whole basket and history)
     aux_logits {name: [B, K]}   one entry per head that is on, name in schema.LABEL_TARGETS,
                                 K = len(schema.LABELS[name]) (index 0 = unknown, never a target)
+    copy_scores [B, S, H]       pointer scores of each slot over the history positions (Batch.history_items),
+                                COPY_PAD_SCORE at padding; None when the config has no copy head
     """
 
     basket_hidden: torch.Tensor
     context_hidden: torch.Tensor
     aux_logits: dict[str, torch.Tensor]
+    copy_scores: torch.Tensor | None = None

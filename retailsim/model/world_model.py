@@ -8,9 +8,19 @@
     heads                    basket_hidden = LayerNorm(GELU(Linear(decoder output))) at each slot, product
                              logits = basket_hidden @ output_weight.T + output_bias; aux label heads from an MLP
                              over the context token
+    copy head                (``copy_head``) pointer scores [B, S, H] of each slot over the customer's history
+                             positions: query(basket_hidden) . key(encoded history) / sqrt(d_copy) + a learned
+                             curve of the purchase's age (recency, time of year) + offset
+
+The copy head makes "buy it again" a first-class prediction: the slot's distribution is one softmax over the
+catalogue logits and the pointer scores together, every past purchase voting for its product
+(model/copy_head.py). At initialisation every purchase has the same score, so the pointer starts as the
+personal-frequency baseline and learns from there. ``product_scores`` gives the log-scores; the loss gets the
+catalogue log-partition from the fused ``linear_focal_loss`` and adds the pointer terms itself (train/loss.py),
+so training still never materialises catalogue logits.
 
 Product logits are never materialised in ``forward``: the loss calls ``linear_focal_loss`` on ``basket_hidden``
-with ``output_weight``/``output_bias``, the evaluator calls ``product_logits`` in chunks (see output.py).
+with ``output_weight``/``output_bias``, the evaluator calls ``product_scores`` in chunks (see output.py).
 No autocast inside: the trainer wraps the call (bf16 on CUDA); on CPU/MPS everything is fp32.
 """
 from __future__ import annotations
@@ -24,10 +34,11 @@ import torch.utils.checkpoint
 
 from retailsim.data import schema
 from retailsim.data.batching import Batch
+from retailsim.model import copy_head
 from retailsim.model.config import WorldModelConfig
 from retailsim.model.decoder import DecoderLayer
 from retailsim.model.embeddings import (CustomerEncoder, Fusion, HistoryInput, PriceEncoder, ProductEncoder,
-                                        StoreEncoder, TimeEncoder, TripEncoder)
+                                        StoreEncoder, TimeEncoder, TripEncoder, age_features)
 from retailsim.model.mamba import MambaBlock
 from retailsim.model.output import WorldModelOutput
 
@@ -42,7 +53,8 @@ class WorldModel(nn.Module):
         >>> config = WorldModelConfig.from_name("small", **data_sizes_from_cache("data/cache"))
         >>> model = WorldModel(config, product_category=product_category_from_cache("data/cache"))
         >>> out = model(batch)              # WorldModelOutput(basket_hidden, context_hidden, aux_logits)
-        >>> logits = model.product_logits(out.basket_hidden[batch.masked_positions])   # [M, V]
+        >>> rows, cols = batch.masked_positions.nonzero(as_tuple=True)
+        >>> scores = model.slot_scores(out, batch, rows, cols)   # [M, V] log-scores over the catalogue
     """
 
     def __init__(self, config: WorldModelConfig, product_category=None) -> None:
@@ -80,6 +92,11 @@ class WorldModel(nn.Module):
         self.basket_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         self.aux_trunk = nn.Sequential(nn.Linear(d, d), nn.GELU())
         self.aux_heads = nn.ModuleDict({name: nn.Linear(d, len(schema.LABELS[name])) for name in config.aux_heads})
+        if config.copy_head:
+            self.copy_query = nn.Linear(d, config.d_copy)
+            self.copy_key = nn.Linear(d, config.d_copy)
+            self.copy_age = nn.Linear(2 * config.n_fourier + 1, 1)  # age_features -> score
+            self.copy_offset = nn.Parameter(torch.zeros(()))
         self.reset_parameters()
         if product_category is not None:
             self.set_product_category(product_category)
@@ -99,6 +116,13 @@ class WorldModel(nn.Module):
             block.mixer.reset_ssm_parameters()
         if self._output_weight is not None:
             nn.init.normal_(self._output_weight, std=0.02)
+        if self.config.copy_head:
+            # every purchase one equal vote at the start (the personal-frequency baseline); the query and the age
+            # curve learn from zero, so the pointer starts without random-score noise; a full history window
+            # starts with about half the probability mass (the bias-free catalogue logits start near 0)
+            for layer in (self.copy_query, self.copy_age):
+                nn.init.zeros_(layer.weight)
+            nn.init.constant_(self.copy_offset, max(0.0, math.log(self.config.vocab_size / self.config.max_history)))
 
     def set_product_category(self, product_category) -> None:
         """Install the hierarchy table [vocab_size, 4] (``product_category_from_cache``) in the buffer."""
@@ -111,6 +135,21 @@ class WorldModel(nn.Module):
             raise ValueError(f"product_category holds ids outside the config's category_sizes "
                              f"{self.config.category_sizes}.")
         self.product.product_category.copy_(table)
+
+    def init_output_bias(self, product_counts) -> None:
+        """Output bias = log of the smoothed training frequency of each product id + log V (``counts + 1``; PAD and
+        MASK, never targets, get the rarest product's value): the catalogue softmax starts at the popularity
+        baseline instead of uniform, and a uniform frequency leaves the bias at 0 (the copy offset's premise).
+        ``product_counts`` [vocab_size] from ``product_counts_from_cache``."""
+        counts = torch.as_tensor(np.asarray(product_counts), dtype=torch.float64)
+        if counts.shape != self._output_bias.shape or (counts < 0).any():
+            raise ValueError(f"product_counts must be {tuple(self._output_bias.shape)} non-negative counts, got "
+                             f"shape {tuple(counts.shape)}.")
+        counts = counts.clone()
+        counts[[schema.PAD_ID, self.config.mask_id]] = 0
+        prior = torch.log((counts + 1) / (counts + 1).sum()) + math.log(len(counts))
+        with torch.no_grad():
+            self._output_bias.copy_(prior.to(self._output_bias.dtype))
 
     # ---------------------------------------------------------------------------------------------------
     @property
@@ -128,6 +167,24 @@ class WorldModel(nn.Module):
     def product_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., D] → [..., V]: logits over the whole vocabulary (chunk the rows for big catalogues)."""
         return hidden @ self.output_weight.t() + self.output_bias
+
+    def product_scores(self, hidden: torch.Tensor, copy_scores: torch.Tensor | None = None,
+                       history_items: torch.Tensor | None = None) -> torch.Tensor:
+        """[R, D] slot outputs (+ their pointer scores [R, H] and history items [R, H]) → [R, V] log-scores
+        log(exp(logit_p) + Σ_{h: history_h = p} exp(copy_h)) (copy_head.py); the catalogue logits alone without
+        a copy head. Unnormalised: rank them, or softmax them over the allowed candidates."""
+        logits = self.product_logits(hidden)
+        if copy_scores is None:
+            return logits
+        return copy_head.log_scores(logits, copy_scores, history_items)
+
+    def slot_scores(self, output: WorldModelOutput, batch: Batch, rows: torch.Tensor,
+                    cols: torch.Tensor) -> torch.Tensor:
+        """[R, V] ``product_scores`` of the slots (rows[i], cols[i]) of ``batch`` (e.g. its masked positions)."""
+        if output.copy_scores is None:
+            return self.product_logits(output.basket_hidden[rows, cols])
+        return self.product_scores(output.basket_hidden[rows, cols], output.copy_scores[rows, cols],
+                                   batch.history_items[rows])
 
     def product_vectors(self, product_ids: torch.Tensor) -> torch.Tensor:
         """[...] ids → [..., D]: the products' output-space vectors (rows of ``output_weight``), differentiable."""
@@ -179,7 +236,21 @@ class WorldModel(nn.Module):
         basket_hidden = self.basket_head(tokens[:, 1:])                           # [B, S, D]
         trunk = self.aux_trunk(context_hidden)                                    # [B, D]
         aux = {name: head(trunk) for name, head in self.aux_heads.items()}        # {name: [B, K]}
-        return WorldModelOutput(basket_hidden=basket_hidden, context_hidden=context_hidden, aux_logits=aux)
+        copy = (self.copy_scores(basket_hidden, memory[:, 1:], batch.history_weeks_before, batch.history_valid)
+                if self.config.copy_head else None)
+        return WorldModelOutput(basket_hidden=basket_hidden, context_hidden=context_hidden, aux_logits=aux,
+                                copy_scores=copy)
+
+    def copy_scores(self, basket_hidden: torch.Tensor, history: torch.Tensor, weeks_before: torch.Tensor,
+                    history_valid: torch.Tensor) -> torch.Tensor:
+        """[B, S, H] pointer scores of each slot over the history positions: query(slot) . key(purchase) /
+        sqrt(d_copy) + age curve(purchase) + offset; COPY_PAD_SCORE at padding (finite, so a customer without
+        history gives zero weight and finite gradients, never NaN)."""
+        query = self.copy_query(basket_hidden)                                    # [B, S, d_copy]
+        key = self.copy_key(history)                                              # [B, H, d_copy]
+        age = self.copy_age(age_features(weeks_before, self.config.n_fourier)).squeeze(-1)  # [B, H]
+        scores = query @ key.transpose(1, 2) / math.sqrt(self.config.d_copy) + age[:, None, :] + self.copy_offset
+        return scores.masked_fill(~history_valid[:, None, :], copy_head.COPY_PAD_SCORE)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -4,6 +4,11 @@ total = 0.60 focal + 0.20 contrastive + 0.08 basket size + 0.08 price band + 0.0
 
 * focal (gamma 2) over the masked positions, through ``retailsim.ops.linear_focal_loss`` on
   ``basket_hidden[masked]`` and the model's output projection: product logits are never materialised.
+  With the model's copy head the target's probability is that of one softmax over the catalogue logits and
+  the pointer scores (model/copy_head.py): the fused kernel at gamma 0 gives each row's cross-entropy, hence
+  the catalogue log-partition lse = CE + target logit (its gradient is exactly the catalogue softmax); the
+  pointer terms ([R, H], small) are added in PyTorch and the focal factor (1 - p)^gamma is applied to the
+  joint p.
 * contrastive (tau 0.07) through ``retailsim.ops.contrastive_loss``: every real basket item is an anchor (its
   decoder output); its positive is the product vector of the next real item of the same basket (cyclically;
   a one-item basket has none, -1); the candidates are the product vectors of the TRUE ids of every real item of
@@ -26,6 +31,7 @@ import torch.nn.functional as F
 from retailsim.data import schema
 from retailsim.data.batching import Batch
 from retailsim.model.output import WorldModelOutput
+from retailsim.model import copy_head
 from retailsim.ops import contrastive_loss, linear_focal_loss
 
 COMPONENTS = ("focal", "contrastive", "basket_size", "price_band", "type_mission")
@@ -75,11 +81,23 @@ class WorldModelLoss(torch.nn.Module):
         self.weights, self.gamma, self.temperature = weights, gamma, temperature
 
     def focal(self, model, batch: Batch, output: WorldModelOutput) -> torch.Tensor:
-        hidden = output.basket_hidden[batch.masked_positions].float()  # (R, D)
-        targets = batch.targets[batch.masked_positions]  # (R,)
-        bias = model.output_bias
-        return linear_focal_loss(hidden, model.output_weight.float(), targets,
-                                 bias=None if bias is None else bias.float(), gamma=self.gamma)
+        masked = batch.masked_positions
+        hidden = output.basket_hidden[masked].float()  # (R, D)
+        targets = batch.targets[masked]  # (R,)
+        weight, bias = model.output_weight.float(), model.output_bias
+        bias = None if bias is None else bias.float()
+        if output.copy_scores is None:
+            return linear_focal_loss(hidden, weight, targets, bias=bias, gamma=self.gamma)
+        if targets.numel() == 0:
+            return hidden.sum() * 0.0
+        target_logit = (hidden * weight[targets]).sum(-1) + (0.0 if bias is None else bias[targets])  # (R,)
+        # the catalogue log-partition from the fused kernel: at gamma 0 a row's loss is lse - target logit
+        catalogue_lse = linear_focal_loss(hidden, weight, targets, bias=bias, gamma=0.0,
+                                          reduction="none") + target_logit  # (R,)
+        rows = masked.nonzero(as_tuple=True)[0]
+        log_p = copy_head.log_prob_target(target_logit, catalogue_lse, output.copy_scores[masked].float(),
+                                          batch.history_items[rows], batch.history_valid[rows], targets)  # (R,)
+        return (-(-torch.expm1(log_p)).pow(self.gamma) * log_p).mean()
 
     def contrastive(self, model, batch: Batch, output: WorldModelOutput) -> torch.Tensor:
         valid = batch.basket_valid

@@ -92,16 +92,21 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
 
 
-def build_world_model(preset: str, data: Path, gradient_checkpointing: bool, config: dict | None = None) -> nn.Module:
-    """The WorldModel of ``preset`` sized for the cache in ``data`` (or rebuilt from a checkpoint's config)."""
-    from retailsim.model import WorldModel, WorldModelConfig, data_sizes_from_cache, product_category_from_cache
+def build_world_model(preset: str, data: Path, gradient_checkpointing: bool, config: dict | None = None,
+                      **overrides) -> nn.Module:
+    """The WorldModel of ``preset`` sized for the cache in ``data`` with config fields ``overrides`` (or rebuilt
+    from a checkpoint's config, which already holds them)."""
+    from retailsim.model import (WorldModel, WorldModelConfig, data_sizes_from_cache, product_category_from_cache,
+                                 product_counts_from_cache)
 
     if config is not None:
         model_config = WorldModelConfig.from_dict({**config, "gradient_checkpointing": gradient_checkpointing})
     else:
         model_config = WorldModelConfig.from_name(preset, gradient_checkpointing=gradient_checkpointing,
-                                                  **data_sizes_from_cache(data))
-    return WorldModel(model_config, product_category=product_category_from_cache(data))
+                                                  **{**data_sizes_from_cache(data), **overrides})
+    model = WorldModel(model_config, product_category=product_category_from_cache(data))
+    model.init_output_bias(product_counts_from_cache(data))  # a checkpoint's weights replace it on resume
+    return model
 
 
 class TrainStep(nn.Module):
@@ -205,14 +210,15 @@ class Trainer:
             self._loaders[("train", mask_rate)] = make_loader(
                 self.config.data, "train", batch_size=self.config.batch_size, train=True, seed=self.config.seed,
                 mask_rate=mask_rate, num_workers=self.config.num_workers, device=self.device,
-                num_replicas=self.world_size, rank=self.rank)
+                num_replicas=self.world_size, rank=self.rank, max_history=self.model.config.max_history)
         return self._loaders[("train", mask_rate)]
 
     def validation_loader(self):
         if "validation" not in self._loaders:
             self._loaders["validation"] = make_loader(
                 self.config.data, "validation", batch_size=self.config.batch_size, train=False, seed=self.config.seed,
-                num_workers=self.config.num_workers, device=self.device, num_replicas=self.world_size, rank=self.rank)
+                num_workers=self.config.num_workers, device=self.device, num_replicas=self.world_size, rank=self.rank,
+                max_history=self.model.config.max_history)
         return self._loaders["validation"]
 
     def autocast(self):

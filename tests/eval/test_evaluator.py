@@ -90,7 +90,7 @@ def test_results_do_not_depend_on_chunking_and_repeat(eval_cache):
     assert small == large
 
 
-def test_model_scores_match_unchunked_logits(eval_cache, tiny_checkpoint):
+def test_model_scores_match_unchunked_scores(eval_cache, tiny_checkpoint):
     from retailsim.eval.checkpoint import load_model
     from retailsim.eval.metrics import allowed_candidates, summarize, target_ranks
 
@@ -101,7 +101,7 @@ def test_model_scores_match_unchunked_logits(eval_cache, tiny_checkpoint):
     with torch.no_grad():
         output = model(batch)
         rows, cols = batch.masked_positions.nonzero(as_tuple=True)
-        logits = model.product_logits(output.basket_hidden[rows, cols])  # all rows at once
+        logits = model.slot_scores(output, batch, rows, cols)  # all rows at once
     visible = torch.where(batch.basket_valid & ~batch.masked_positions, batch.basket_items, 0)
     allowed = allowed_candidates(evaluator.n_products, visible[rows])
     rank = target_ranks(logits, allowed, batch.targets[rows, cols])

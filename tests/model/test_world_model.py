@@ -3,6 +3,7 @@ gradient checkpointing, output heads, and the Triton vs PyTorch backends."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -23,19 +24,22 @@ def torch_backend():
 
 
 def outputs_of(model, batch: Batch) -> dict[str, torch.Tensor]:
-    """Every tensor the model gives for ``batch``, product logits at the masked positions included."""
+    """Every tensor the model gives for ``batch``, the product scores at the masked positions (catalogue logits
+    and history votes) and the pointer scores at real history positions included."""
     with torch.no_grad():
         out = model(batch)
-        logits = model.product_logits(out.basket_hidden[batch.masked_positions])
-    return {"basket_hidden": out.basket_hidden, "context_hidden": out.context_hidden, "product_logits": logits,
-            **{f"aux/{name}": value for name, value in out.aux_logits.items()}}
+        rows, cols = batch.masked_positions.nonzero(as_tuple=True)
+        scores = model.slot_scores(out, batch, rows, cols)
+        copy = out.copy_scores.masked_select(batch.history_valid[:, None, :])  # padding widths may differ
+    return {"basket_hidden": out.basket_hidden, "context_hidden": out.context_hidden, "product_scores": scores,
+            "copy_scores": copy, **{f"aux/{name}": value for name, value in out.aux_logits.items()}}
 
 
 def training_loss(model, batch: Batch) -> torch.Tensor:
     """A stand-in for WorldModelLoss: cross-entropy on masked products and on the known labels."""
     out = model(batch)
-    masked = batch.masked_positions
-    loss = F.cross_entropy(model.product_logits(out.basket_hidden[masked]), batch.targets[masked])
+    rows, cols = batch.masked_positions.nonzero(as_tuple=True)
+    loss = F.cross_entropy(model.slot_scores(out, batch, rows, cols), batch.targets[rows, cols])
     for column, name in enumerate(schema.LABEL_TARGETS):
         if name in out.aux_logits:
             loss = loss + F.cross_entropy(out.aux_logits[name], batch.labels[:, column], ignore_index=0)
@@ -56,6 +60,7 @@ def test_forward_shapes_on_a_real_batch(preset, make_model, train_arrays, data_s
         assert logits.shape == (b, len(schema.LABELS[name])) and logits.dtype == torch.float32
     assert model.output_weight.shape == (v, d) and model.output_bias.shape == (v,)
     assert model.product_logits(out.basket_hidden).shape == (b, s, v)
+    assert out.copy_scores.shape == (b, s, batch.history_items.shape[1])
     loss = training_loss(model, batch)
     loss.backward()
     assert torch.isfinite(loss)
@@ -219,3 +224,85 @@ def test_triton_and_torch_backends_agree_on_tiny(make_model, train_arrays):
     assert_fp32_close(loss_k, loss_t, "loss")
     for name in grads_t:
         assert_fp32_close(grads_k[name], grads_t[name], name, bound=FP32_GRAD_REL_ERR)
+
+
+def test_product_scores_are_catalogue_logits_plus_history_votes(make_model, test_arrays):
+    """log(exp(logit_p) + sum over history positions holding p of exp(copy)), by a float64 loop per slot; the
+    catalogue logits alone for a customer without history."""
+    batch = eval_batch(test_arrays, mixed_samples(test_arrays))
+    model = make_model("tiny", seed=6)
+    with torch.no_grad():
+        model.copy_query.weight.normal_()  # pointer scores far from uniform
+        out = model(batch)
+        rows, cols = batch.masked_positions.nonzero(as_tuple=True)
+        scores = model.slot_scores(out, batch, rows, cols)
+        logits = model.product_logits(out.basket_hidden[rows, cols]).double()
+    checked_votes = 0
+    for i, (row, col) in enumerate(zip(rows.tolist(), cols.tolist())):
+        expected = logits[i].exp()
+        for h in batch.history_valid[row].nonzero().flatten().tolist():
+            expected[batch.history_items[row, h]] += out.copy_scores[row, col, h].double().exp()
+            checked_votes += 1
+        assert_fp32_close(scores[i], expected.log(), f"slot {i}")
+    assert checked_votes > 100
+    no_history = ~batch.history_valid.any(1)[rows]
+    assert no_history.any() and torch.equal(scores[no_history], logits[no_history].float())
+
+
+def test_a_model_without_copy_head_scores_with_catalogue_logits_only(make_model, test_arrays):
+    batch = eval_batch(test_arrays, mixed_samples(test_arrays))
+    model = make_model("tiny", copy_head=False)
+    assert not any(name.startswith("copy") for name, _ in model.named_parameters())
+    with torch.no_grad():
+        out = model(batch)
+        rows, cols = batch.masked_positions.nonzero(as_tuple=True)
+        scores = model.slot_scores(out, batch, rows, cols)
+    assert out.copy_scores is None
+    assert torch.equal(scores, model.product_logits(out.basket_hidden[rows, cols]))
+
+
+def test_output_bias_starts_at_the_training_popularity(make_model, model_cache):
+    from retailsim.model import product_counts_from_cache
+
+    model = make_model("tiny")
+    counts = product_counts_from_cache(model_cache)
+    assert counts.shape == (model.config.vocab_size,) and counts[1:].sum() > 0
+    model.init_output_bias(counts)
+    mask_id = model.config.mask_id
+    smoothed = torch.tensor(counts, dtype=torch.float64) + 1
+    smoothed[[schema.PAD_ID, mask_id]] = 1
+    expected = smoothed / smoothed.sum()
+    assert_fp32_close(torch.softmax(model.output_bias.double(), 0), expected, "softmax(bias)")
+    assert abs(float(torch.logsumexp(model.output_bias.detach().double(), 0)) - np.log(len(counts))) < 1e-4
+    with pytest.raises(ValueError, match="product_counts must be"):
+        model.init_output_bias(counts[:-1])
+
+
+
+def test_copy_scores_add_query_key_age_and_offset(make_model, test_arrays):
+    """Each term of the pointer score, recomputed by hand: query . key / sqrt(d_copy) + age curve + offset;
+    COPY_PAD_SCORE at padding; at initialisation every purchase scores the same (the personal frequency)."""
+    from retailsim.model.copy_head import COPY_PAD_SCORE
+    from retailsim.model.embeddings import age_features
+
+    batch = eval_batch(test_arrays, mixed_samples(test_arrays))
+    model = make_model("tiny", seed=8)
+    with torch.no_grad():
+        for layer in (model.copy_query, model.copy_age):
+            layer.weight.normal_()
+        initial = make_model("tiny", seed=8)(batch).copy_scores
+        out = model(batch)
+        memory, _ = model.encode_history(batch)
+        hidden, cfg = out.basket_hidden, model.config
+        lengths = batch.history_valid.sum(1)
+        row, col = int(torch.nonzero((lengths > 0) & (lengths < lengths.max()))[0]), 0  # history and padding
+        valid = batch.history_valid[row]
+        query = model.copy_query(hidden[row, col])
+        key = model.copy_key(memory[row, 1:])
+        age = model.copy_age(age_features(batch.history_weeks_before[row], cfg.n_fourier)).squeeze(-1)
+        expected = key @ query / math.sqrt(cfg.d_copy) + age + model.copy_offset
+    assert valid.any() and (~valid).any()
+    assert_fp32_close(out.copy_scores[row, col, valid], expected[valid], "copy scores")
+    assert (out.copy_scores[row, col, ~valid] == COPY_PAD_SCORE).all()
+    real = initial[batch.history_valid[:, None, :].expand_as(initial)]
+    assert real.numel() and torch.equal(real, torch.full_like(real, float(model.copy_offset.detach())))

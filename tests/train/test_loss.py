@@ -10,24 +10,28 @@ import torch.nn.functional as F
 from retailsim.data import schema
 from retailsim.data.loader import make_loader
 from retailsim.model.output import WorldModelOutput
+from retailsim.model.copy_head import COPY_PAD_SCORE
 from retailsim.ops import set_backend
 from retailsim.train.loss import LossWeights, WorldModelLoss, next_item_positives, true_product_ids
-from tests.tolerances import FP32_REL_ERR
+from tests.tolerances import FP32_GRAD_REL_ERR, FP32_REL_ERR, assert_fp32_close
 
 TEMPERATURE, GAMMA = 0.07, 2.0
 
 
-@pytest.fixture
-def model_batch_output(tiny_cache, tiny_model_factory):
+@pytest.fixture(params=["catalogue", "copy"])
+def model_batch_output(request, tiny_cache, tiny_model_factory):
+    """The tiny model's float64 outputs on a batch; "catalogue": without the copy head's pointer scores."""
     set_backend("torch")
     torch.manual_seed(11)
     model = tiny_model_factory("tiny", tiny_cache, False)
     batch = next(iter(make_loader(tiny_cache, "train", batch_size=16, seed=5)))
     with torch.no_grad():
+        model.copy_query.weight.normal_()  # pointer scores far from uniform
         output = model(batch)
         # the loss and the references read the same float64 values: only the loss's own arithmetic differs
+        copy = output.copy_scores.double() if request.param == "copy" else None
         output64 = WorldModelOutput(output.basket_hidden.double(), output.context_hidden.double(),
-                                    {name: logits.double() for name, logits in output.aux_logits.items()})
+                                    {name: logits.double() for name, logits in output.aux_logits.items()}, copy)
         weight, bias = model.output_weight.double(), model.output_bias.double()
     model64 = SimpleNamespace(output_weight=weight, output_bias=bias, product_vectors=lambda ids: weight[ids])
     assert torch.equal(model.product_vectors(torch.arange(5)).double(), weight[:5])
@@ -35,10 +39,19 @@ def model_batch_output(tiny_cache, tiny_model_factory):
 
 
 def focal_reference(model, batch, output) -> torch.Tensor:
-    hidden = output.basket_hidden[batch.masked_positions].double()
-    logits = hidden @ model.output_weight.double().t() + model.output_bias.double()
-    ce = F.cross_entropy(logits, batch.targets[batch.masked_positions], reduction="none")
-    return ((-torch.expm1(-ce)) ** GAMMA * ce).mean()
+    """Focal loss of the joint distribution exp(logit_p) + sum of exp(copy_h) over history positions holding p,
+    built by a loop over slots and history positions (catalogue logits alone without pointer scores)."""
+    losses = []
+    for row, col in batch.masked_positions.nonzero().tolist():
+        mass = (output.basket_hidden[row, col].double() @ model.output_weight.double().t()
+                + model.output_bias.double()).exp()
+        if output.copy_scores is not None:
+            for h in batch.history_valid[row].nonzero().flatten().tolist():
+                mass = mass.index_add(0, batch.history_items[row, h:h + 1],
+                                      output.copy_scores[row, col, h:h + 1].double().exp())
+        p = mass[batch.targets[row, col]] / mass.sum()
+        losses.append(-(1 - p) ** GAMMA * torch.log(p))
+    return torch.stack(losses).mean()
 
 
 def contrastive_reference(model, batch, output) -> torch.Tensor:
@@ -121,9 +134,50 @@ def test_gradients_reach_the_output_projection_and_every_head(tiny_cache, tiny_m
     set_backend("torch")
     torch.manual_seed(2)
     model = tiny_model_factory("tiny", tiny_cache, False)
+    with torch.no_grad():
+        model.copy_query.weight.normal_()  # zero at init, where the keys get no gradient yet
     batch = next(iter(make_loader(tiny_cache, "train", batch_size=16, seed=5)))
     total, _ = WorldModelLoss()(model, batch, model(batch))
     total.backward()
     assert model.output_bias.grad is not None and model.output_bias.grad.abs().sum() > 0
     for name, head in model.aux_heads.items():
         assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0, name
+    for name in ("copy_query.weight", "copy_key.weight", "copy_age.weight", "copy_offset"):
+        grad = model.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("model_batch_output", ["copy"], indirect=True)
+def test_copy_focal_gradients_match_float64_autograd(model_batch_output):
+    """Gradients of the joint (catalogue + pointer) focal term through the fused kernel's log-partition, against
+    float64 autograd through the loop reference, for the slot outputs, pointer scores, output weight and bias
+    (the loss computes in float32 whatever it is given: float32 gradient tolerance)."""
+    model, batch, output = model_batch_output
+    leaves = {name: value.clone().requires_grad_() for name, value in (
+        ("hidden", output.basket_hidden), ("copy", output.copy_scores), ("weight", model.output_weight),
+        ("bias", model.output_bias))}
+    grads = []
+    for loss_of in (lambda m, o: WorldModelLoss().focal(m, batch, o), lambda m, o: focal_reference(m, batch, o)):
+        for leaf in leaves.values():
+            leaf.grad = None
+        model_leaves = SimpleNamespace(output_weight=leaves["weight"], output_bias=leaves["bias"])
+        out = WorldModelOutput(leaves["hidden"], output.context_hidden, output.aux_logits, leaves["copy"])
+        loss_of(model_leaves, out).backward()
+        grads.append({name: leaf.grad.clone() for name, leaf in leaves.items()})
+    for name in leaves:
+        assert grads[1][name].abs().sum() > 0, name
+        assert_fp32_close(grads[0][name], grads[1][name], name, bound=FP32_GRAD_REL_ERR)
+
+
+@pytest.mark.parametrize("model_batch_output", ["copy"], indirect=True)
+def test_copy_focal_is_finite_for_customers_without_history(model_batch_output):
+    model, batch, output = model_batch_output
+    batch.history_valid[:] = False
+    copy = output.copy_scores.clone().requires_grad_()
+    out = WorldModelOutput(output.basket_hidden, output.context_hidden, output.aux_logits,
+                           copy.masked_fill(~batch.history_valid[:, None, :], COPY_PAD_SCORE))
+    loss = WorldModelLoss().focal(model, batch, out)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(copy.grad).all()
+    catalogue_only = WorldModelOutput(output.basket_hidden, output.context_hidden, output.aux_logits, None)
+    assert close(loss.detach(), focal_reference(model, batch, catalogue_only))

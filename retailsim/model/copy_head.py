@@ -1,0 +1,36 @@
+"""The copy head's distribution (a pointer mechanism in the spirit of CopyNet, Gu et al. 2016, and RepeatNet,
+Ren et al. 2019), shared by the model and the loss.
+
+A slot's product distribution is one softmax over the catalogue logits and the pointer scores of the customer's
+past purchases together, each purchase voting for the product it holds:
+
+    P(p) ∝ exp(logit_p) + Σ_{h : history_h = p} exp(copy_h)
+
+so a product bought five times gets five votes, each weighted by what the encoder made of that purchase (its
+age, its context). A customer without history gets the catalogue softmax alone.
+"""
+from __future__ import annotations
+
+import torch
+
+COPY_PAD_SCORE = -1e4  # pointer score of a padded history position: exp(-1e4 - real score) is 0 in fp32 and bf16
+
+
+def log_scores(logits: torch.Tensor, copy_scores: torch.Tensor, history_items: torch.Tensor) -> torch.Tensor:
+    """[R, V] catalogue logits, [R, H] pointer scores and the rows' history items -> [R, V] unnormalised
+    log-scores log(exp(logit_p) + Σ_{h: history_h = p} exp(copy_h)) (gradient-safe where p gets no vote)."""
+    top = copy_scores.amax(-1, keepdim=True)                                            # [R, 1]
+    votes = torch.zeros_like(logits).scatter_add(1, history_items.long(), torch.exp(copy_scores - top))
+    voted = votes > 0
+    log_votes = torch.where(voted, torch.log(torch.where(voted, votes, 1.0)) + top, float("-inf"))
+    return torch.logaddexp(logits, log_votes)                                           # no vote: the logit
+
+
+def log_prob_target(target_logit: torch.Tensor, catalogue_lse: torch.Tensor, copy_scores: torch.Tensor,
+                    history_items: torch.Tensor, history_valid: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[R] log P(target) from the target's logit and the catalogue log-partition [R] (any source: the loss takes
+    it from the fused kernel) and the pointer scores [R, H]."""
+    hits = (history_items == targets[:, None]) & history_valid
+    target_votes = torch.logsumexp(copy_scores.masked_fill(~hits, COPY_PAD_SCORE), dim=-1)
+    return (torch.logaddexp(target_logit, target_votes)
+            - torch.logaddexp(catalogue_lse, torch.logsumexp(copy_scores, dim=-1)))
