@@ -54,6 +54,20 @@ def _score_tile(b_scores, p_a_rows, p_c_rows, o_k, m_n, m_m, D, BLOCK_K: tl.cons
     return b_scores
 
 
+@triton.jit
+def _allowed_tile(o_m, m_m, b_positive, b_anchor_group, b_candidate_group, b_positive_label, b_candidate_label,
+                  HAS_LABEL: tl.constexpr):
+    """(allowed, is_positive) [BLOCK_N, BLOCK_M] of anchors (positive index, group, positive's label: [BLOCK_N])
+    against candidates o_m (group, label: [BLOCK_M]): j is in A(i) when it is i's positive, or lies in another
+    group and (with labels) holds another product than the positive; never past M or for an anchor without a
+    positive (-1). Every kernel builds A(i) here; without labels the two label arguments are not read."""
+    b_is_positive = o_m[None, :] == b_positive[:, None]
+    b_keep = b_candidate_group[None, :] != b_anchor_group[:, None]
+    if HAS_LABEL:
+        b_keep = b_keep & (b_candidate_label[None, :] != b_positive_label[:, None])
+    return (b_keep | b_is_positive) & m_m[None, :] & (b_positive >= 0)[:, None], b_is_positive
+
+
 @triton.jit(do_not_specialize=["N", "M", "blocks_per_split"])
 def _contrastive_fwd_kernel(
     a_ptr, c_ptr, positive_ptr, anchor_group_ptr, candidate_group_ptr, candidate_label_ptr, positive_label_ptr,
@@ -82,8 +96,8 @@ def _contrastive_fwd_kernel(
     m_d = o_d < D
 
     b_positive = tl.load(positive_ptr + o_n, mask=m_n, other=-1)
-    b_valid = b_positive >= 0
     b_anchor_group = tl.load(anchor_group_ptr + o_n, mask=m_n, other=0)
+    b_positive_label = b_positive  # stand-in, not read without labels
     if HAS_LABEL:
         b_positive_label = tl.load(positive_label_ptr + o_n, mask=m_n, other=0)
     p_a_rows = a_ptr + o_n.to(tl.int64)[:, None] * stride_a
@@ -102,13 +116,12 @@ def _contrastive_fwd_kernel(
         b_scores = _score_tile(tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_dtype), p_a_rows, p_c_rows, o_k, m_n, m_m, D,
                                BLOCK_K, PRECISION, UPCAST) * scale
 
-        b_is_positive = o_m[None, :] == b_positive[:, None]
         b_candidate_group = tl.load(candidate_group_ptr + o_m, mask=m_m, other=0)
-        b_keep = b_candidate_group[None, :] != b_anchor_group[:, None]
+        b_candidate_label = b_candidate_group  # stand-in, not read without labels
         if HAS_LABEL:
             b_candidate_label = tl.load(candidate_label_ptr + o_m, mask=m_m, other=0)
-            b_keep = b_keep & (b_candidate_label[None, :] != b_positive_label[:, None])
-        b_allowed = (b_keep | b_is_positive) & m_m[None, :] & b_valid[:, None]
+        b_allowed, b_is_positive = _allowed_tile(o_m, m_m, b_positive, b_anchor_group, b_candidate_group,
+                                                 b_positive_label, b_candidate_label, HAS_LABEL)
 
         b_masked = tl.where(b_allowed, b_scores, float("-inf"))
         b_max_new = tl.maximum(b_max, tl.max(b_masked, axis=1))
@@ -157,6 +170,7 @@ def _contrastive_bwd_candidate_kernel(
     m_d = o_d < D
 
     b_candidate_group = tl.load(candidate_group_ptr + o_m, mask=m_m, other=0)
+    b_candidate_label = b_candidate_group  # stand-in, not read without labels
     if HAS_LABEL:
         b_candidate_label = tl.load(candidate_label_ptr + o_m, mask=m_m, other=0)
     p_c_rows = c_ptr + o_m.to(tl.int64)[:, None] * stride_c
@@ -177,12 +191,11 @@ def _contrastive_bwd_candidate_kernel(
         b_scores = _score_tile(tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_dtype), p_a_rows, p_c_rows, o_k, m_n, m_m, D,
                                BLOCK_K, PRECISION, UPCAST) * scale
 
-        b_is_positive = o_m[None, :] == b_positive[:, None]
-        b_keep = b_candidate_group[None, :] != b_anchor_group[:, None]
+        b_positive_label = b_positive  # stand-in, not read without labels
         if HAS_LABEL:
             b_positive_label = tl.load(positive_label_ptr + o_n, mask=m_n, other=0)
-            b_keep = b_keep & (b_candidate_label[None, :] != b_positive_label[:, None])
-        b_allowed = (b_keep | b_is_positive) & m_m[None, :] & (b_positive >= 0)[:, None]
+        b_allowed, b_is_positive = _allowed_tile(o_m, m_m, b_positive, b_anchor_group, b_candidate_group,
+                                                 b_positive_label, b_candidate_label, HAS_LABEL)
 
         b_p = tl.where(b_allowed, tl.exp2((b_scores - b_row_max[:, None]) * LOG2E) * b_inv_row_sum[:, None], 0.0)
         b_d_scores = b_row_weight[:, None] * (b_p - tl.where(b_is_positive, 1.0, 0.0))

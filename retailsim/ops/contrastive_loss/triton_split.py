@@ -34,7 +34,8 @@ import triton
 import triton.language as tl
 
 from retailsim.ops.contrastive_loss import triton as fused
-from retailsim.ops.contrastive_loss.triton import LOG2E, _dot, _precision, _score_tile, _split_plan, _upcast
+from retailsim.ops.contrastive_loss.triton import (LOG2E, _allowed_tile, _dot, _precision, _score_tile, _split_plan,
+                                                  _upcast)
 
 KEEPS_INPUT_DTYPE = True  # bf16/fp16 operands go to tl.dot as they are; accumulation is fp32
 
@@ -80,8 +81,8 @@ def _contrastive_anchor_kernel(
     m_d = o_d < D
 
     b_positive = tl.load(positive_ptr + o_n, mask=m_n, other=-1)
-    b_valid = b_positive >= 0
     b_anchor_group = tl.load(anchor_group_ptr + o_n, mask=m_n, other=0)
+    b_positive_label = b_positive  # stand-in, not read without labels
     if HAS_LABEL:
         b_positive_label = tl.load(positive_label_ptr + o_n, mask=m_n, other=0)
     b_row_max = tl.load(row_max_ptr + o_n, mask=m_n, other=0.0)
@@ -98,13 +99,12 @@ def _contrastive_anchor_kernel(
         b_scores = _score_tile(tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_dtype), p_a_rows, p_c_rows, o_k, m_n, m_m, D,
                                BLOCK_K, PRECISION, UPCAST) * scale
 
-        b_is_positive = o_m[None, :] == b_positive[:, None]
         b_candidate_group = tl.load(candidate_group_ptr + o_m, mask=m_m, other=0)
-        b_keep = b_candidate_group[None, :] != b_anchor_group[:, None]
+        b_candidate_label = b_candidate_group  # stand-in, not read without labels
         if HAS_LABEL:
             b_candidate_label = tl.load(candidate_label_ptr + o_m, mask=m_m, other=0)
-            b_keep = b_keep & (b_candidate_label[None, :] != b_positive_label[:, None])
-        b_allowed = (b_keep | b_is_positive) & m_m[None, :] & b_valid[:, None]
+        b_allowed, _ = _allowed_tile(o_m, m_m, b_positive, b_anchor_group, b_candidate_group, b_positive_label,
+                                     b_candidate_label, HAS_LABEL)
 
         b_p = tl.where(b_allowed, tl.exp2((b_scores - b_row_max[:, None]) * LOG2E) * b_inv_row_sum[:, None], 0.0)
         b_c_out = tl.load(p_c_rows + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)
