@@ -181,10 +181,8 @@ class WorldModel(nn.Module):
     def slot_scores(self, output: WorldModelOutput, batch: Batch, rows: torch.Tensor,
                     cols: torch.Tensor) -> torch.Tensor:
         """[R, V] ``product_scores`` of the slots (rows[i], cols[i]) of ``batch`` (e.g. its masked positions)."""
-        if output.copy_scores is None:
-            return self.product_logits(output.basket_hidden[rows, cols])
-        return self.product_scores(output.basket_hidden[rows, cols], output.copy_scores[rows, cols],
-                                   batch.history_items[rows])
+        copy = None if output.copy_scores is None else output.copy_scores[rows, cols]
+        return self.product_scores(output.basket_hidden[rows, cols], copy, batch.history_items[rows])
 
     def product_vectors(self, product_ids: torch.Tensor) -> torch.Tensor:
         """[...] ids → [..., D]: the products' output-space vectors (rows of ``output_weight``), differentiable."""

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from retailsim.data import schema
 from retailsim.data.batching import Batch
-from retailsim.model.output import WorldModelOutput
 from retailsim.model import copy_head
+from retailsim.model.output import WorldModelOutput
 from retailsim.ops import contrastive_loss, linear_focal_loss
 
 COMPONENTS = ("focal", "contrastive", "basket_size", "price_band", "type_mission")
