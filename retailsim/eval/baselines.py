@@ -26,6 +26,7 @@ import torch
 
 from retailsim.data import schema
 from retailsim.data.cooccurrence import DEFAULT_TOP_K, from_cache as cooccurrence_from_cache
+from retailsim.model.config import product_counts_from_cache
 
 BASELINES = ("popularity", "personal", "cooccurrence", "blend")
 TIE_BREAK = 1e-3
@@ -54,7 +55,7 @@ class BaselineStatistics:
     def from_cache(cls, folder: Path, *, top_k: int = DEFAULT_TOP_K) -> "BaselineStatistics":
         folder = Path(folder)
         n_products = int(json.loads((folder / "cache.json").read_text())["n_products"])
-        counts = np.array(np.load(folder / "vocab" / "product_train_baskets.npy"), np.int64)
+        counts = product_counts_from_cache(folder)  # a fresh array: zeroing the specials below is local
         counts[[schema.PAD_ID, schema.unk_id(n_products), schema.mask_id(n_products)]] = 0
         smoothed = np.zeros(len(counts), np.float64)
         smoothed[1:n_products + 1] = counts[1:n_products + 1] + 1.0

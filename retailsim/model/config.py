@@ -208,5 +208,6 @@ def product_category_from_cache(cache_dir) -> np.ndarray:
 
 def product_counts_from_cache(cache_dir) -> np.ndarray:
     """int64 [vocab_size]: training baskets holding each product id (UNK: the rare products together; PAD and
-    MASK 0), counted by Stage 1 over the training weeks only. ``WorldModel.init_output_bias`` reads it."""
+    MASK 0), counted by Stage 1 over the training weeks only, freshly loaded on every call. Read by
+    ``WorldModel.init_output_bias`` and the popularity baseline."""
     return np.asarray(np.load(Path(cache_dir) / "vocab" / "product_train_baskets.npy"), np.int64)
