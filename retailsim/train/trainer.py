@@ -105,7 +105,8 @@ def build_world_model(preset: str, data: Path, gradient_checkpointing: bool, con
         model_config = WorldModelConfig.from_name(preset, gradient_checkpointing=gradient_checkpointing,
                                                   **{**data_sizes_from_cache(data), **overrides})
     model = WorldModel(model_config, product_category=product_category_from_cache(data))
-    model.init_output_bias(product_counts_from_cache(data))  # a checkpoint's weights replace it on resume
+    if config is None:  # a fresh model; a checkpoint's weights would replace the bias anyway
+        model.init_output_bias(product_counts_from_cache(data))
     return model
 
 
