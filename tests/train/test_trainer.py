@@ -234,7 +234,7 @@ def backend_curves(cache, factory, root, device="cpu", batch_size=32, epochs=4) 
     return curves
 
 
-def test_every_triton_kernel_and_torch_give_the_same_loss_curve(tiny_cache, tmp_path):
+def test_every_triton_kernel_and_torch_give_the_same_loss_curve(tiny_cache, tmp_path, monkeypatch):
     """20 training steps of the tiny preset with every op on Triton through the interpreter — selective scan
     forward and backward, fused focal and contrastive losses — against every op on PyTorch.
 
@@ -255,10 +255,9 @@ def test_every_triton_kernel_and_torch_give_the_same_loss_curve(tiny_cache, tmp_
     def short_history(preset, data, gradient_checkpointing, config=None):
         return build_world_model("tiny", data, gradient_checkpointing, config, max_history=8)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(backend, "resolve", recording)
-        # 2 epochs are all main phase, so every step runs both fused losses
-        curves = backend_curves(tiny_cache, short_history, tmp_path, batch_size=2, epochs=2)
+    monkeypatch.setattr(backend, "resolve", recording)
+    # 2 epochs are all main phase, so every step runs both fused losses
+    curves = backend_curves(tiny_cache, short_history, tmp_path, batch_size=2, epochs=2)
     assert {(op, "triton") for op in ("selective_scan", "focal_loss", "contrastive_loss")} <= used
     assert torch.allclose(curves["triton"], curves["torch"], rtol=1e-4, atol=1e-5), curves["triton"] - curves["torch"]
 
