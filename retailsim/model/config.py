@@ -23,6 +23,7 @@ from retailsim.errors import RetailSimInputError
 
 # Data-set sizes a config needs; data_sizes_from_cache returns exactly these keys.
 DATA_SIZE_FIELDS = ("vocab_size", "category_sizes", "n_stores", "n_store_regions")
+COPY_KEYS = ("category", "history")
 
 
 @dataclass
@@ -59,6 +60,9 @@ class WorldModelConfig:
     tie_output: bool = False  # True: output vectors = product embedding through a d_product -> d_model map
     copy_head: bool = True   # pointer scores over the history join the catalogue softmax (world_model.py)
     d_copy: int = 64         # query/key width of the copy head
+    copy_key: str = "category"  # what a purchase's key reads: "category" (its product's hierarchy embeddings) or
+                                # "history" (the Mamba encoding of the purchase)
+    copy_count: bool = True  # the log of how often the purchase's product occurs in the window joins its score
     condition_on_mission: bool = False  # simulation: a given basket_mission is an input, its head is off
     # --- training switches ---
     gradient_checkpointing: bool = False
@@ -94,7 +98,10 @@ class WorldModelConfig:
                                       f"({self.d_model}).")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise RetailSimInputError(f"WorldModelConfig.dropout must be in [0, 1), got {self.dropout!r}.")
-        for name in ("tie_output", "copy_head", "condition_on_mission", "gradient_checkpointing"):
+        if self.copy_key not in COPY_KEYS:
+            raise RetailSimInputError(f"WorldModelConfig.copy_key must be one of {', '.join(COPY_KEYS)}, got "
+                                      f"{self.copy_key!r}.")
+        for name in ("tie_output", "copy_head", "copy_count", "condition_on_mission", "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise RetailSimInputError(f"WorldModelConfig.{name} must be True or False, got "
                                           f"{getattr(self, name)!r}.")

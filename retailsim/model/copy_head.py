@@ -6,14 +6,25 @@ past purchases together, each purchase voting for the product it holds:
 
     P(p) ∝ exp(logit_p) + Σ_{h : history_h = p} exp(copy_h)
 
-so a product bought five times gets five votes, each weighted by what the encoder made of that purchase (its
-age, its context). A customer without history gets the catalogue softmax alone.
+so a product bought five times gets five votes, each weighted by what the model makes of that purchase: the
+slot's query against the purchase's key, plus a learned function of the purchase's own features (its age, its
+time of year and, with ``copy_count``, the log of how often its product occurs in the window: a weight w there
+turns the product's total vote from ``count`` into ``count ** (1 + w)``, so regular purchases can outvote
+one-off ones). A customer without history gets the catalogue softmax alone.
 """
 from __future__ import annotations
 
 import torch
 
 COPY_PAD_SCORE = -1e4  # pointer score of a padded history position: exp(-1e4 - real score) is 0 in fp32 and bf16
+
+
+def log_window_counts(history_items: torch.Tensor, history_valid: torch.Tensor) -> torch.Tensor:
+    """[B, H] float32: log of the number of valid positions of the row holding the same product as position h
+    (>= 1 at a valid position; 0 at padding)."""
+    same = (history_items[:, :, None] == history_items[:, None, :]) & history_valid[:, None, :]  # [B, H, H]
+    counts = same.sum(-1, dtype=torch.int32).clamp_min(1)
+    return torch.log(counts.float()) * history_valid
 
 
 def log_scores(logits: torch.Tensor, copy_scores: torch.Tensor, history_items: torch.Tensor) -> torch.Tensor:

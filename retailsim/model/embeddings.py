@@ -47,11 +47,16 @@ class ProductEncoder(nn.Module):
                              torch.zeros(config.vocab_size, len(config.category_sizes), dtype=torch.long))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        vectors = self.embedding(ids) + self.hierarchy_vectors(ids)      # [..., d_product]
+        return vectors * (ids != schema.PAD_ID).unsqueeze(-1)
+
+    def hierarchy_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """[..., d_product]: the sum of the product's hierarchy embeddings (what it shares with its category);
+        zero for MASK and PAD."""
         categories = self.product_category[ids]                           # [..., 4]
         hierarchy = sum(table(categories[..., level]) for level, table in enumerate(self.hierarchy))
         has_hierarchy = (ids != self.mask_id) & (ids != schema.PAD_ID)    # MASK: its own row only; PAD: zeros
-        vectors = self.embedding(ids) + hierarchy * has_hierarchy.unsqueeze(-1)  # [..., d_product]
-        return vectors * (ids != schema.PAD_ID).unsqueeze(-1)
+        return hierarchy * has_hierarchy.unsqueeze(-1)
 
 
 class CustomerEncoder(nn.Module):

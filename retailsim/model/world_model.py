@@ -9,8 +9,10 @@
                              logits = basket_hidden @ output_weight.T + output_bias; aux label heads from an MLP
                              over the context token
     copy head                (``copy_head``) pointer scores [B, S, H] of each slot over the customer's history
-                             positions: query(basket_hidden) . key(encoded history) / sqrt(d_copy) + a learned
-                             curve of the purchase's age (recency, time of year) + offset
+                             positions: query(basket_hidden) . key(purchase) / sqrt(d_copy) + a learned function
+                             of the purchase's features (age, time of year, log count of its product in the
+                             window) + offset; the key reads the product's hierarchy embeddings (``copy_key``
+                             "category", the default) or the purchase's Mamba encoding ("history")
 
 The copy head makes "buy it again" a first-class prediction: the slot's distribution is one softmax over the
 catalogue logits and the pointer scores together, every past purchase voting for its product
@@ -94,8 +96,9 @@ class WorldModel(nn.Module):
         self.aux_heads = nn.ModuleDict({name: nn.Linear(d, len(schema.LABELS[name])) for name in config.aux_heads})
         if config.copy_head:
             self.copy_query = nn.Linear(d, config.d_copy)
-            self.copy_key = nn.Linear(d, config.d_copy)
-            self.copy_age = nn.Linear(2 * config.n_fourier + 1, 1)  # age_features -> score
+            self.copy_key = nn.Linear(config.d_product if config.copy_key == "category" else d, config.d_copy)
+            # purchase features (age_features, then the log window count) -> score
+            self.copy_purchase = nn.Linear(2 * config.n_fourier + 1 + int(config.copy_count), 1)
             self.copy_offset = nn.Parameter(torch.zeros(()))
         self.reset_parameters()
         if product_category is not None:
@@ -117,10 +120,10 @@ class WorldModel(nn.Module):
         if self._output_weight is not None:
             nn.init.normal_(self._output_weight, std=0.02)
         if self.config.copy_head:
-            # every purchase one equal vote at the start (the personal-frequency baseline); the query and the age
-            # curve learn from zero, so the pointer starts without random-score noise; a full history window
-            # starts with about half the probability mass (the bias-free catalogue logits start near 0)
-            for layer in (self.copy_query, self.copy_age):
+            # every purchase one equal vote at the start (the personal-frequency baseline); the query and the
+            # purchase features learn from zero, so the pointer starts without random-score noise; a full history
+            # window starts with about half the probability mass (the bias-free catalogue logits start near 0)
+            for layer in (self.copy_query, self.copy_purchase):
                 nn.init.zeros_(layer.weight)
             nn.init.constant_(self.copy_offset, max(0.0, math.log(self.config.vocab_size / self.config.max_history)))
 
@@ -234,21 +237,27 @@ class WorldModel(nn.Module):
         basket_hidden = self.basket_head(tokens[:, 1:])                           # [B, S, D]
         trunk = self.aux_trunk(context_hidden)                                    # [B, D]
         aux = {name: head(trunk) for name, head in self.aux_heads.items()}        # {name: [B, K]}
-        copy = (self.copy_scores(basket_hidden, memory[:, 1:], batch.history_weeks_before, batch.history_valid)
-                if self.config.copy_head else None)
+        copy = self.copy_scores(basket_hidden, memory[:, 1:], batch) if self.config.copy_head else None
         return WorldModelOutput(basket_hidden=basket_hidden, context_hidden=context_hidden, aux_logits=aux,
                                 copy_scores=copy)
 
-    def copy_scores(self, basket_hidden: torch.Tensor, history: torch.Tensor, weeks_before: torch.Tensor,
-                    history_valid: torch.Tensor) -> torch.Tensor:
+    def copy_scores(self, basket_hidden: torch.Tensor, history: torch.Tensor, batch: Batch) -> torch.Tensor:
         """[B, S, H] pointer scores of each slot over the history positions: query(slot) . key(purchase) /
-        sqrt(d_copy) + age curve(purchase) + offset; COPY_PAD_SCORE at padding (finite, so a customer without
-        history gives zero weight and finite gradients, never NaN)."""
+        sqrt(d_copy) + purchase score(age features, log window count) + offset; the key reads the purchased
+        product's hierarchy embeddings (``copy_key="category"``) or its encoding ``history`` [B, H, D]
+        ("history"). COPY_PAD_SCORE at padding (finite, so a customer without history gives zero weight and
+        finite gradients, never NaN)."""
+        items, valid = batch.history_items, batch.history_valid                   # [B, H]
+        if self.config.copy_key == "category":
+            history = self.product.hierarchy_vectors(items)                       # [B, H, d_product]
+        features = age_features(batch.history_weeks_before, self.config.n_fourier)  # [B, H, 2 n_fourier + 1]
+        if self.config.copy_count:
+            features = torch.cat([features, copy_head.log_window_counts(items, valid).unsqueeze(-1)], dim=-1)
         query = self.copy_query(basket_hidden)                                    # [B, S, d_copy]
         key = self.copy_key(history)                                              # [B, H, d_copy]
-        age = self.copy_age(age_features(weeks_before, self.config.n_fourier)).squeeze(-1)  # [B, H]
-        scores = query @ key.transpose(1, 2) / math.sqrt(self.config.d_copy) + age[:, None, :] + self.copy_offset
-        return scores.masked_fill(~history_valid[:, None, :], copy_head.COPY_PAD_SCORE)
+        purchase = self.copy_purchase(features).squeeze(-1)                       # [B, H]
+        scores = query @ key.transpose(1, 2) / math.sqrt(self.config.d_copy) + purchase[:, None, :] + self.copy_offset
+        return scores.masked_fill(~valid[:, None, :], copy_head.COPY_PAD_SCORE)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -51,7 +51,8 @@ def test_tiny_and_small_sizes():
 BAD_VALUES = [
     ("d_model", 0), ("d_model", 3.5), ("n_heads", 3), ("vocab_size", 2), ("dropout", 1.0), ("dropout", -0.1),
     ("category_sizes", [10, 5]), ("category_sizes", [10, 5, 0, 2]), ("n_mamba_layers", -1), ("d_state", True),
-    ("tie_output", "yes"), ("gradient_checkpointing", 1), ("max_history", 0),
+    ("tie_output", "yes"), ("gradient_checkpointing", 1), ("max_history", 0), ("copy_key", "memory"),
+    ("copy_count", "no"),
 ]
 
 

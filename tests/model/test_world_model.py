@@ -279,30 +279,88 @@ def test_output_bias_starts_at_the_training_popularity(make_model, model_cache):
 
 
 
-def test_copy_scores_add_query_key_age_and_offset(make_model, test_arrays):
-    """Each term of the pointer score, recomputed by hand: query . key / sqrt(d_copy) + age curve + offset;
-    COPY_PAD_SCORE at padding; at initialisation every purchase scores the same (the personal frequency)."""
+@pytest.mark.parametrize("copy_key", ["category", "history"])
+def test_copy_scores_add_query_key_purchase_features_and_offset(make_model, test_arrays, copy_key):
+    """Each term of the pointer score, recomputed by hand: query . key / sqrt(d_copy) + a linear function of
+    (age features, log count of the product in the window) + offset, the key reading the product's hierarchy
+    embeddings or the encoded history; COPY_PAD_SCORE at padding; at initialisation every purchase scores the
+    same (the personal frequency)."""
     from retailsim.model.copy_head import COPY_PAD_SCORE
     from retailsim.model.embeddings import age_features
 
     batch = eval_batch(test_arrays, mixed_samples(test_arrays))
-    model = make_model("tiny", seed=8)
+    model = make_model("tiny", seed=8, copy_key=copy_key)
     with torch.no_grad():
-        for layer in (model.copy_query, model.copy_age):
+        for layer in (model.copy_query, model.copy_purchase):
             layer.weight.normal_()
-        initial = make_model("tiny", seed=8)(batch).copy_scores
+        initial = make_model("tiny", seed=8, copy_key=copy_key)(batch).copy_scores
         out = model(batch)
         memory, _ = model.encode_history(batch)
         hidden, cfg = out.basket_hidden, model.config
         lengths = batch.history_valid.sum(1)
-        row, col = int(torch.nonzero((lengths > 0) & (lengths < lengths.max()))[0]), 0  # history and padding
+
+        def has_a_repeat(r: int) -> bool:
+            real = batch.history_items[r][batch.history_valid[r]]
+            return len(real.unique()) < len(real)
+
+        # a row with history, padding and a product bought more than once
+        row = next(r for r in range(len(batch)) if 0 < lengths[r] < lengths.max() and has_a_repeat(r))
+        col = 0
         valid = batch.history_valid[row]
+        items = batch.history_items[row].tolist()
+        real = [items[h] for h in valid.nonzero().flatten().tolist()]
+        log_count = torch.tensor([math.log(real.count(item)) if ok else 0.0 for item, ok in zip(items, valid)])
+        if copy_key == "category":
+            categories = model.product.product_category[batch.history_items[row]]  # [H, 4]
+            key_input = sum(table(categories[:, level]) for level, table in enumerate(model.product.hierarchy))
+        else:
+            key_input = memory[row, 1:]
         query = model.copy_query(hidden[row, col])
-        key = model.copy_key(memory[row, 1:])
-        age = model.copy_age(age_features(batch.history_weeks_before[row], cfg.n_fourier)).squeeze(-1)
-        expected = key @ query / math.sqrt(cfg.d_copy) + age + model.copy_offset
+        key = model.copy_key(key_input)
+        features = torch.cat([age_features(batch.history_weeks_before[row], cfg.n_fourier), log_count[:, None]], -1)
+        purchase = model.copy_purchase(features).squeeze(-1)
+        expected = key @ query / math.sqrt(cfg.d_copy) + purchase + model.copy_offset
     assert valid.any() and (~valid).any()
     assert_fp32_close(out.copy_scores[row, col, valid], expected[valid], "copy scores")
     assert (out.copy_scores[row, col, ~valid] == COPY_PAD_SCORE).all()
     real = initial[batch.history_valid[:, None, :].expand_as(initial)]
     assert real.numel() and torch.equal(real, torch.full_like(real, float(model.copy_offset.detach())))
+
+
+def test_log_window_counts_count_each_product_over_the_real_positions():
+    from retailsim.model.copy_head import log_window_counts
+
+    generator = torch.Generator().manual_seed(4)
+    items = torch.randint(1, 6, (5, 12), generator=generator)  # few ids: many repeats
+    valid = torch.rand(5, 12, generator=generator) < 0.7
+    valid[0] = False  # no history at all
+    items[~valid] = torch.randint(0, 6, (int((~valid).sum()),), generator=generator)  # padding ids never count
+    got = log_window_counts(items, valid)
+    for b in range(5):
+        real = [int(items[b, h]) for h in range(12) if valid[b, h]]
+        for h in range(12):
+            expected = math.log(real.count(int(items[b, h]))) if valid[b, h] else 0.0
+            assert got[b, h].item() == pytest.approx(expected, abs=1e-6), (b, h)
+
+
+def test_the_window_count_weight_turns_counts_into_a_power(make_model, test_arrays):
+    """With only the count feature's weight w set, a product's total vote is count ** (1 + w) · exp(offset)."""
+    batch = eval_batch(test_arrays, mixed_samples(test_arrays))
+    model = make_model("tiny", seed=3)
+    w = 0.5
+    with torch.no_grad():
+        model.copy_purchase.weight[0, -1] = w  # query and the other purchase weights stay zero
+        out = model(batch)
+        rows, cols = batch.masked_positions.nonzero(as_tuple=True)
+        logits = model.product_logits(out.basket_hidden[rows, cols]).double()
+        scores = model.slot_scores(out, batch, rows, cols).double()
+    offset = float(model.copy_offset.detach()) + float(model.copy_purchase.bias.detach())
+    checked = 0
+    for i, row in enumerate(rows.tolist()):
+        real = batch.history_items[row][batch.history_valid[row]].tolist()
+        for item in set(real):
+            votes = real.count(item) ** (1 + w) * math.exp(offset)
+            expected = math.log(math.exp(float(logits[i, item])) + votes)
+            assert float(scores[i, item]) == pytest.approx(expected, rel=1e-4), (i, item)
+            checked += 1
+    assert checked > 50

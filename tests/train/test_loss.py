@@ -142,7 +142,7 @@ def test_gradients_reach_the_output_projection_and_every_head(tiny_cache, tiny_m
     assert model.output_bias.grad is not None and model.output_bias.grad.abs().sum() > 0
     for name, head in model.aux_heads.items():
         assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0, name
-    for name in ("copy_query.weight", "copy_key.weight", "copy_age.weight", "copy_offset"):
+    for name in ("copy_query.weight", "copy_key.weight", "copy_purchase.weight", "copy_offset"):
         grad = model.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
 
