@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test (and validation-tuning) batches evaluated; 0 = the whole split")
 
 
-# Sized for the SPEC's 15-minute budget on a 2-core CPU: the small preset trains ~175 samples/s there with two
-# threads, so two epochs of the demo data take ~10 minutes and the whole demo 11.5 (measured 2026-11-27).
+# Sized for the SPEC's 15-minute budget on a 2-core CPU: the small preset trains ~180 samples/s there with two
+# threads, so two epochs of the demo data take ~10 minutes and the whole demo 11.3 (measured 2026-11-27).
 DEMO_EPOCHS = 2
 DEMO_BATCH_SIZE = 128
 DEMO_LR = 2e-3
