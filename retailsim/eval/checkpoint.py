@@ -53,5 +53,6 @@ def load_model(path: Path, cache_dir: Path, device: torch.device | str = "cpu") 
     except RuntimeError as error:
         first = str(error).strip().splitlines()
         detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0]
-        raise RetailSimInputError(f"checkpoint {path}: its weights do not match its config ({detail}).") from None
+        raise RetailSimInputError(f"checkpoint {path}: its weights do not match its config ({detail}; a checkpoint "
+                                  f"from another version of RetailSim?).") from None
     return model.to(device).eval()

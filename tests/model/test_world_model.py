@@ -279,8 +279,8 @@ def test_output_bias_starts_at_the_training_popularity(make_model, model_cache):
 
 
 
-@pytest.mark.parametrize("copy_key", ["category", "history"])
-def test_copy_scores_add_query_key_purchase_features_and_offset(make_model, test_arrays, copy_key):
+@pytest.mark.parametrize("copy_key,copy_count", [("category", True), ("history", True), ("category", False)])
+def test_copy_scores_add_query_key_purchase_features_and_offset(make_model, test_arrays, copy_key, copy_count):
     """Each term of the pointer score, recomputed by hand: query . key / sqrt(d_copy) + a linear function of
     (age features, log count of the product in the window) + offset, the key reading the product's hierarchy
     embeddings or the encoded history; COPY_PAD_SCORE at padding; at initialisation every purchase scores the
@@ -289,11 +289,12 @@ def test_copy_scores_add_query_key_purchase_features_and_offset(make_model, test
     from retailsim.model.embeddings import age_features
 
     batch = eval_batch(test_arrays, mixed_samples(test_arrays))
-    model = make_model("tiny", seed=8, copy_key=copy_key)
+    widths = dict(copy_key=copy_key, copy_count=copy_count, d_product=24)  # d_product != d_model: key widths differ
+    model = make_model("tiny", seed=8, **widths)
     with torch.no_grad():
         for layer in (model.copy_query, model.copy_purchase):
             layer.weight.normal_()
-        initial = make_model("tiny", seed=8, copy_key=copy_key)(batch).copy_scores
+        initial = make_model("tiny", seed=8, **widths)(batch).copy_scores
         out = model(batch)
         memory, _ = model.encode_history(batch)
         hidden, cfg = out.basket_hidden, model.config
@@ -317,7 +318,9 @@ def test_copy_scores_add_query_key_purchase_features_and_offset(make_model, test
             key_input = memory[row, 1:]
         query = model.copy_query(hidden[row, col])
         key = model.copy_key(key_input)
-        features = torch.cat([age_features(batch.history_weeks_before[row], cfg.n_fourier), log_count[:, None]], -1)
+        features = age_features(batch.history_weeks_before[row], cfg.n_fourier)
+        if copy_count:
+            features = torch.cat([features, log_count[:, None]], -1)
         purchase = model.copy_purchase(features).squeeze(-1)
         expected = key @ query / math.sqrt(cfg.d_copy) + purchase + model.copy_offset
     assert valid.any() and (~valid).any()
@@ -355,7 +358,7 @@ def test_the_window_count_weight_turns_counts_into_a_power(make_model, test_arra
         logits = model.product_logits(out.basket_hidden[rows, cols]).double()
         scores = model.slot_scores(out, batch, rows, cols).double()
     offset = float(model.copy_offset.detach()) + float(model.copy_purchase.bias.detach())
-    checked = 0
+    checked, repeated = 0, 0
     for i, row in enumerate(rows.tolist()):
         real = batch.history_items[row][batch.history_valid[row]].tolist()
         for item in set(real):
@@ -363,4 +366,5 @@ def test_the_window_count_weight_turns_counts_into_a_power(make_model, test_arra
             expected = math.log(math.exp(float(logits[i, item])) + votes)
             assert float(scores[i, item]) == pytest.approx(expected, rel=1e-4), (i, item)
             checked += 1
-    assert checked > 50
+            repeated += real.count(item) > 1
+    assert checked > 50 and repeated > 10  # products bought more than once, where the power shows
