@@ -248,13 +248,13 @@ class WorldModel(nn.Module):
         ("history"). COPY_PAD_SCORE at padding (finite, so a customer without history gives zero weight and
         finite gradients, never NaN)."""
         items, valid = batch.history_items, batch.history_valid                   # [B, H]
-        if self.config.copy_key == "category":
-            history = self.product.hierarchy_vectors(items)                       # [B, H, d_product]
+        key_input = (self.product.hierarchy_vectors(items) if self.config.copy_key == "category"  # [B, H, d_product]
+                     else history)                                                # [B, H, D]
         features = age_features(batch.history_weeks_before, self.config.n_fourier)  # [B, H, 2 n_fourier + 1]
         if self.config.copy_count:
             features = torch.cat([features, copy_head.log_window_counts(items, valid).unsqueeze(-1)], dim=-1)
         query = self.copy_query(basket_hidden)                                    # [B, S, d_copy]
-        key = self.copy_key(history)                                              # [B, H, d_copy]
+        key = self.copy_key(key_input)                                            # [B, H, d_copy]
         purchase = self.copy_purchase(features).squeeze(-1)                       # [B, H]
         scores = query @ key.transpose(1, 2) / math.sqrt(self.config.d_copy) + purchase[:, None, :] + self.copy_offset
         return scores.masked_fill(~valid[:, None, :], copy_head.COPY_PAD_SCORE)
