@@ -243,21 +243,53 @@ def test_run_twice_and_any_thread_count_give_identical_bits():
             assert torch.equal(first[3][name], other[3][name]), name
 
 
+def time_major(x: torch.Tensor) -> torch.Tensor:
+    """The same (batch, dim, L) values stored as (batch, L, dim), as the model's matmul outputs are."""
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 @needs_cpp
-def test_strided_and_low_precision_views_are_copied_not_misread():
-    inputs, softplus = make_inputs(2, 6, 40, 16, seed=181, groups_B=2, groups_C=2)
+@pytest.mark.parametrize("layout", ["sliced", "time-major"])
+def test_strided_views_are_read_in_place_and_give_the_same_bits(layout):
+    """u and z as slices of one projection (channel-major or time-major), Δ, B, C, dout as transposed views:
+    the same bits as contiguous copies, and each (batch, dim, L) output in the layout of its input."""
+    dim = 20  # more than one forward block of channels
+    inputs, softplus = make_inputs(3, dim, 70, 16, seed=181, groups_B=2, groups_C=4)
     dout = random_dout(inputs, 182)
     expected = run_launchers(native, inputs, softplus, dout)
     strided = dict(inputs)
-    uz = torch.cat([inputs["u"], inputs["z"]], dim=1)       # u and z as views of one projection
-    strided["u"], strided["z"] = uz[:, :6], uz[:, 6:]
-    strided["delta"] = inputs["delta"].transpose(1, 2).contiguous().transpose(1, 2)
+    if layout == "sliced":
+        uz = torch.cat([inputs["u"], inputs["z"]], dim=1)
+        strided["u"], strided["z"] = uz[:, :dim], uz[:, dim:]
+    else:
+        uz = torch.cat([inputs["u"], inputs["z"]], dim=1).transpose(1, 2).contiguous()  # (batch, L, 2 dim)
+        strided["u"], strided["z"] = uz[..., :dim].transpose(1, 2), uz[..., dim:].transpose(1, 2)
+    strided["delta"] = time_major(inputs["delta"])
     strided["B"] = inputs["B"].permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)
+    strided["C"] = torch.stack([inputs["C"], -inputs["C"]], dim=-1)[..., 0]   # stride 2 along L
     strided["A"] = inputs["A"].t().contiguous().t()
-    got = run_launchers(native, strided, softplus, dout)
+    got = run_launchers(native, strided, softplus, time_major(dout))
     assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
     for name in NAMES:
         assert torch.equal(expected[3][name], got[3][name]), name
+    assert got[0].stride() == expected[0].stride() if layout == "sliced" else got[0].transpose(1, 2).is_contiguous()
+    assert got[3]["delta"].transpose(1, 2).is_contiguous()
+    assert got[3]["z"].transpose(1, 2).is_contiguous() == (layout == "time-major")
+    assert got[3]["u"].transpose(1, 2).is_contiguous() == (layout == "time-major")
+
+
+@needs_cpp
+def test_low_precision_inputs_are_upcast():
+    inputs, softplus = make_inputs(2, 6, 40, 16, seed=183)
+    low = {name: None if t is None else t.to(torch.bfloat16).float() for name, t in inputs.items()}
+    dout = random_dout(inputs, 184).to(torch.bfloat16).float()
+    expected = run_launchers(native, low, softplus, dout)
+    half = {name: None if t is None else t.to(torch.bfloat16) for name, t in low.items()}
+    got = run_launchers(native, half, softplus, dout.to(torch.bfloat16))
+    assert torch.equal(expected[0], got[0].float())
+    for name in NAMES:
+        if expected[3][name] is not None:
+            assert torch.equal(expected[3][name], got[3][name].float()), name
 
 
 def _kernel_args(batch=2, dim=4, length=10, dstate=3):
@@ -283,7 +315,8 @@ def _kernel_args(batch=2, dim=4, length=10, dstate=3):
     (dict(delta=np.zeros((2, 4, 10), np.float64)), TypeError, "delta must be float32"),
     (dict(u=np.zeros((2, 4, 10), np.int64)), TypeError, "u must be float32"),
     (dict(B=[[1.0]]), TypeError, "B must be a NumPy array, got list"),
-    (dict(u=np.zeros((2, 10, 4), np.float32).transpose(0, 2, 1)), ValueError, "u must be C-contiguous"),
+    (dict(A=np.zeros((3, 4), np.float32).T), ValueError, "A must be C-contiguous"),
+    (dict(u=np.zeros((2, 4, 10), np.float32)[:, :, ::-1]), ValueError, "u must have non-negative strides"),
     (dict(A=np.zeros((4, 0), np.float32)), ValueError, "A must have N >= 1"),
     (dict(num_threads=-1), ValueError, "num_threads must be >= 0"),
 ])

@@ -6,10 +6,13 @@ Same contract as ``torch_scan.py``::
     selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved)
         -> (du, ddelta, dA, dB, dC, dD, ddelta_bias, dz)
 
-on CPU torch tensors. The kernel works on C-contiguous NumPy buffers of one dtype: inputs are copied to
-contiguous float32 (bf16/fp16 upcast; strided views copied) and the results come back as float32 tensors
-sharing the kernel's buffers. float64 inputs stay float64 (the same kernel built for double, used by the
-gradchecks). ``saved`` is ``(checkpoints,)``: the state every 64 steps, (batch, dim, ceil(L/64) - 1, N).
+on CPU torch tensors. The kernel works on NumPy buffers of one dtype, float32 (bf16/fp16 inputs are upcast
+into a copy); u, delta, z, dout, B and C are passed as views at their own strides (the model's transposed and
+sliced projections are read in place), the small A, D, delta_bias as contiguous copies. Results come back as
+float32 tensors sharing the kernel's buffers, out and du in u's layout, ddelta in delta's and dz in z's (a
+time-major (batch, L, dim) input gets time-major outputs, which the next matmul reads without a copy).
+float64 inputs stay float64 (the same kernel built for double, used by the gradchecks). ``saved`` is
+``(checkpoints,)``: the state every 64 steps, (batch, dim, ceil(L/64) - 1, N).
 
 Threads: ``set_num_threads(n)``; by default as many as ``torch.get_num_threads()``. Results are bitwise the
 same for every thread count.
@@ -56,8 +59,12 @@ def _work_dtype(u: torch.Tensor) -> torch.dtype:
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
+_STRIDED = frozenset({"u", "delta", "z", "dout", "B", "C"})  # read by the kernel through their strides
+
+
 def _as_array(name: str, tensor: torch.Tensor | None, dtype: torch.dtype) -> np.ndarray | None:
-    """A C-contiguous NumPy view (copied only where the dtype or the strides ask for it)."""
+    """A NumPy view of ``tensor`` in ``dtype``: at its own strides for the arrays the kernel reads strided,
+    C-contiguous for the others (copied only where the dtype or the strides ask for it)."""
     if tensor is None:
         return None
     if not isinstance(tensor, torch.Tensor):
@@ -66,7 +73,8 @@ def _as_array(name: str, tensor: torch.Tensor | None, dtype: torch.dtype) -> np.
         raise ValueError(f"selective_scan: the C++ kernel runs on CPU tensors, {name} is on {tensor.device}.")
     if not tensor.is_floating_point():
         raise TypeError(f"selective_scan: {name} must be a floating-point tensor, got {tensor.dtype}.")
-    return tensor.detach().to(dtype).contiguous().numpy()
+    tensor = tensor.detach().to(dtype)
+    return tensor.numpy() if name in _STRIDED else tensor.contiguous().numpy()
 
 
 def _tensors(*arrays):
