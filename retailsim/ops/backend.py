@@ -112,4 +112,7 @@ def backend_info() -> dict:
             except RuntimeError as error:
                 per_device[kind] = f"error: {error}"
         info["ops"][op] = per_device
+    from retailsim.ops.causal_conv import implementation  # its own rule: causal-conv1d / native / torch
+
+    info["ops"]["causal_conv1d"] = {kind: implementation(kind) for kind in ("cpu", "cuda", "mps")}
     return info

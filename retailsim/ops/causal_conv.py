@@ -1,8 +1,11 @@
 """The causal depthwise 1-D convolution beside the scan in a Mamba block.
 
-One function, two implementations with the same semantics: ``causal_conv1d_fn`` from the causal-conv1d
-package for CUDA tensors when it is installed (and the backend request is not ``torch``), else
-``F.conv1d`` on the input left-padded by width - 1 (what Mamba's ``nn.Conv1d(padding=width-1)[..., :L]`` does).
+One function, three implementations with the same semantics: ``causal_conv1d_fn`` from the causal-conv1d
+package for CUDA tensors when it is installed (and the backend request is not ``torch``); the C++ kernel of
+``retailsim._native`` (``kernels/causal_conv.cpp``) for CPU tensors when the extension is built (and the
+request is ``auto`` or ``native``); else ``F.conv1d`` on the input left-padded by width - 1 (what Mamba's
+``nn.Conv1d(padding=width-1)[..., :L]`` does). The C++ kernel reads x at its strides and returns the output
+in x's layout: a time-major x ((batch, L, dim) in memory, as a matmul produces it) gives a time-major output.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from retailsim import native
 from retailsim.ops import backend
 
 ACTIVATIONS = (None, "silu", "swish")
@@ -28,6 +32,55 @@ def _package_fn():
 def package_available() -> bool:
     """Whether the causal-conv1d package (CUDA kernels) can be imported."""
     return _package_fn() is not None
+
+
+def _native_kernel():
+    module = native.load()
+    return module if module is not None and hasattr(module, "causal_conv1d_fwd") else None
+
+
+def implementation(device: torch.device | str) -> str:
+    """Which implementation serves tensors on ``device``: ``causal-conv1d``, ``native`` or ``torch``."""
+    device = torch.device(device)
+    requested = backend.get_backend()
+    if device.type == "cuda" and requested != "torch" and package_available():
+        return "causal-conv1d"
+    if device.type == "cpu" and requested in ("auto", "native") and _native_kernel() is not None:
+        return "native"
+    return "torch"
+
+
+def _work_array(tensor: torch.Tensor | None, dtype: torch.dtype, strided: bool):
+    if tensor is None:
+        return None
+    tensor = tensor.detach().to(dtype)
+    return tensor.numpy() if strided else tensor.contiguous().numpy()
+
+
+class _NativeCausalConv(torch.autograd.Function):
+    """The C++ kernel: float32 math (float64 for float64 x, used by the gradcheck), x's dtype out."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu):
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        threads = max(1, torch.get_num_threads())
+        out = _native_kernel().causal_conv1d_fwd(_work_array(x, work, True), _work_array(weight, work, False),
+                                                 _work_array(bias, work, False), silu=silu, num_threads=threads)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.silu, ctx.work = silu, work
+        return torch.from_numpy(out).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias = ctx.saved_tensors
+        work = ctx.work
+        dx, dweight, dbias = _native_kernel().causal_conv1d_bwd(
+            _work_array(dout, work, True), _work_array(x, work, True), _work_array(weight, work, False),
+            _work_array(bias, work, False), silu=ctx.silu, num_threads=max(1, torch.get_num_threads()))
+        dx = torch.from_numpy(dx).to(x.dtype) if ctx.needs_input_grad[0] else None
+        dweight = torch.from_numpy(dweight).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        dbias = torch.from_numpy(dbias).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
+        return dx, dweight, dbias, None
 
 
 def causal_conv1d_torch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -51,7 +104,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         activation: None, or "silu" / "swish" (the same thing).
 
     Returns:
-        (batch, dim, L) in x's dtype. Differentiable on both implementations.
+        (batch, dim, L) in x's dtype (on the C++ kernel, in x's layout). Differentiable on every implementation.
 
     Example::
 
@@ -67,10 +120,13 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         raise ValueError(f"causal_conv1d: bias must have shape ({x.shape[1]},), got {tuple(bias.shape)}.")
     if activation not in ACTIVATIONS:
         raise ValueError(f"causal_conv1d: activation must be None, 'silu' or 'swish', got {activation!r}.")
-    if x.is_cuda and backend.get_backend() != "torch" and package_available():
+    chosen = implementation(x.device)
+    if chosen == "causal-conv1d":
         # The package's kernel wants x contiguous along L or along dim; weight and bias in x's dtype.
         if x.stride(2) != 1 and x.stride(1) != 1:
             x = x.contiguous()
         return _package_fn()(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype),
                              activation=activation)
+    if chosen == "native":
+        return _NativeCausalConv.apply(x, weight, bias, activation in ("silu", "swish"))
     return causal_conv1d_torch(x, weight, bias, activation)

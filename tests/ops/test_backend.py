@@ -62,9 +62,11 @@ def test_explicit_native_without_extension_raises(monkeypatch):
 
 def test_backend_info_reports_every_op_and_device():
     info = backend.backend_info()
-    assert set(info["ops"]) == {"selective_scan", "focal_loss", "contrastive_loss"}
+    assert set(info["ops"]) == {"selective_scan", "focal_loss", "contrastive_loss", "causal_conv1d"}
     for per_device in info["ops"].values():
         assert set(per_device) == {"cpu", "cuda", "mps"}
+    assert info["ops"]["causal_conv1d"]["cpu"] == ("native" if info["native_built"] else "torch")
+    assert info["ops"]["causal_conv1d"]["mps"] == "torch"
 
 
 def test_ops_import_and_run_without_triton_or_extension():

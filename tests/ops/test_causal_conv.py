@@ -1,11 +1,19 @@
-"""causal_conv1d against a float64 loop over the taps, and the package kernel against F.conv1d on CUDA."""
+"""causal_conv1d against a float64 loop over the taps (on CPU the C++ kernel when built, rerun on F.conv1d
+by ``make test``'s RETAILSIM_NATIVE=0 pass), the C++ kernel's own contract (layouts, gradcheck, determinism,
+malformed buffers), and the package kernel against F.conv1d on CUDA."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from retailsim.ops.causal_conv import causal_conv1d, causal_conv1d_torch, package_available
+from retailsim import native
+from retailsim.ops import backend
+from retailsim.ops.causal_conv import causal_conv1d, causal_conv1d_torch, implementation, package_available
 from tests.tolerances import FP32_GRAD_REL_ERR, assert_fp32_close
+
+needs_cpp = pytest.mark.skipif(implementation("cpu") != "native",
+                               reason="retailsim._native with the causal conv kernel is not available")
 
 
 def conv_loop64(x, weight, bias, activation):
@@ -27,11 +35,20 @@ def make(batch, dim, length, width, seed):
             torch.randn(dim, generator=generator))
 
 
+def time_major(x: torch.Tensor) -> torch.Tensor:
+    """The same (batch, dim, L) values stored as (batch, L, dim)."""
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@pytest.mark.native_parity
 @pytest.mark.parametrize("activation", [None, "silu"], ids=["linear", "silu"])
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
-@pytest.mark.parametrize("length", [1, 3, 63])
-def test_matches_float64_loop_with_gradients(activation, with_bias, length):
-    x, weight, bias = make(2, 5, length, 4, seed=length)
+@pytest.mark.parametrize("length,dim,layout", [(1, 5, "contiguous"), (3, 5, "contiguous"), (63, 5, "contiguous"),
+                                               (130, 19, "time-major"), (70, 3, "time-major")])
+def test_matches_float64_loop_with_gradients(activation, with_bias, length, dim, layout):
+    x, weight, bias = make(2, dim, length, 4, seed=length)
+    if layout == "time-major":
+        x = time_major(x)
     bias = bias if with_bias else None
     leaves = [t.clone().requires_grad_(True) for t in (x, weight) + ((bias,) if with_bias else ())]
     out = causal_conv1d(leaves[0], leaves[1], leaves[2] if with_bias else None, activation=activation)
@@ -44,6 +61,78 @@ def test_matches_float64_loop_with_gradients(activation, with_bias, length):
     grads64 = torch.autograd.grad(out64, leaves64, dout.double())
     for name, grad, grad64 in zip(("x", "weight", "bias"), grads, grads64):
         assert_fp32_close(grad, grad64, f"d{name}", FP32_GRAD_REL_ERR)
+
+
+@needs_cpp
+@pytest.mark.parametrize("width", [1, 4])
+def test_native_kernel_gradcheck_float64(width):
+    x, weight, bias = (t.double().requires_grad_(True) for t in make(2, 3, 70, width, seed=20 + width))
+    for layout in (lambda t: t, time_major):
+        assert torch.autograd.gradcheck(lambda a, w, b: causal_conv1d(a, w, b, activation="silu"),
+                                        (layout(x.detach()).requires_grad_(True), weight, bias))
+
+
+@needs_cpp
+def test_native_kernel_reads_views_in_place_and_keeps_their_layout():
+    """A time-major slice of one projection: same bits as a contiguous copy; out and dx come back time-major."""
+    generator = torch.Generator().manual_seed(31)
+    xz = torch.randn(3, 150, 2 * 24, generator=generator)          # (batch, L, 2 dim), a matmul output
+    x = xz[..., :24].transpose(1, 2)
+    weight, bias = torch.randn(24, 4, generator=generator), torch.randn(24, generator=generator)
+    dout = torch.randn(3, 24, 150, generator=generator)
+    results = []
+    for source in (x, x.contiguous()):
+        leaf = source.clone().requires_grad_(True) if source.is_contiguous() else source.detach().requires_grad_(True)
+        out = causal_conv1d(leaf, weight, bias, activation="silu")
+        results.append((out, torch.autograd.grad(out, leaf, dout)[0]))
+    (out_view, dx_view), (out_copy, dx_copy) = results
+    assert torch.equal(out_view, out_copy) and torch.equal(dx_view, dx_copy)
+    assert out_view.transpose(1, 2).is_contiguous() and dx_view.transpose(1, 2).is_contiguous()
+    assert out_copy.is_contiguous() and dx_copy.is_contiguous()
+
+
+@needs_cpp
+def test_native_kernel_bits_do_not_depend_on_threads():
+    x, weight, bias = make(4, 40, 300, 4, seed=41)
+    dout = torch.randn(x.shape, generator=torch.Generator().manual_seed(42))
+    module = native.load()
+    arrays = (x.numpy(), weight.numpy(), bias.numpy())
+    runs = [(module.causal_conv1d_fwd(*arrays, silu=True, num_threads=n),
+             module.causal_conv1d_bwd(dout.numpy(), *arrays, silu=True, num_threads=n)) for n in (1, 2, 3, 1)]
+    for out, grads in runs[1:]:
+        assert np.array_equal(out, runs[0][0])
+        for got, first in zip(grads, runs[0][1]):
+            assert np.array_equal(got, first)
+
+
+@needs_cpp
+def test_native_kernel_serves_cpu_and_follows_the_backend_request():
+    assert implementation("cpu") == "native"
+    backend.set_backend("torch")
+    try:
+        assert implementation("cpu") == "torch"
+    finally:
+        backend.set_backend(None)
+
+
+@needs_cpp
+@pytest.mark.parametrize("change,error,message", [
+    (dict(x=np.zeros((2, 4), np.float32)), ValueError, "x must have shape (batch, dim, L)"),
+    (dict(weight=np.zeros((3, 4), np.float32)), ValueError, "weight must have shape (dim, width) = (4, width >= 1)"),
+    (dict(weight=np.zeros((4, 3), np.float32).T.copy().T), ValueError, "weight must be C-contiguous"),
+    (dict(bias=np.zeros(5, np.float32)), ValueError, "bias must have shape (4,)"),
+    (dict(bias=np.zeros(4, np.float64)), TypeError, "bias must be float32"),
+    (dict(x=np.zeros((2, 4, 10), np.float32)[:, :, ::-1]), ValueError, "x must have non-negative strides"),
+    (dict(num_threads=-1), ValueError, "num_threads must be >= 0"),
+])
+def test_native_kernel_rejects_malformed_buffers(change, error, message):
+    rng = np.random.default_rng(5)
+    args = dict(x=rng.standard_normal((2, 4, 10)).astype(np.float32),
+                weight=rng.standard_normal((4, 3)).astype(np.float32), bias=None, silu=True)
+    args.update(change)
+    with pytest.raises(error) as raised:
+        native.load().causal_conv1d_fwd(**args)
+    assert message in str(raised.value)
 
 
 def test_causal_future_inputs_do_not_leak():
