@@ -9,7 +9,8 @@ bucketing: the slow case). ``samples_per_s`` (batch / median step time) is store
     runs it; backends ``triton`` (ours, auto) and ``torch``.
   * ``--quick``: the ``tiny`` preset, batch 8, for a dry run.
 The backend switch moves every op that has the backend (selective_scan everywhere; the focal and contrastive
-losses on CUDA); the causal conv follows its own rule (causal-conv1d on CUDA when installed).
+losses on CUDA; on CPU the causal conv too: C++ under ``native``, F.conv1d under ``torch``); on CUDA the causal
+conv follows its own rule (causal-conv1d when installed, else F.conv1d).
 
 Data: the demo-size synthetic set, shared with bench_loader (``.benchmarks/loader-cache-2000x60``; ~30 s to
 generate once); ``--quick`` uses 300 customers and 20 weeks.

@@ -1,14 +1,17 @@
 """The history encoder's Mamba block (SPEC 4): pre-norm residual around a selective state-space mixer.
 
 Mixer, for x [B, L, d_model]:
-    (u, z) = in_proj(x)                              u, z: [B, d_inner, L]
+    (u, z) = in_proj(x)                              u, z: [B, d_inner, L], time-major views of [B, L, d_inner]
     u = silu(causal depthwise conv(u))               width d_conv, retailsim.ops.causal_conv1d
     (δ_low, B, C) = x_proj(u)                        input-dependent Δ (rank dt_rank), B and C [B, N, L]
     Δ = softplus(dt_proj(δ_low) + dt_bias)           (the softplus and bias run inside the scan)
     y = selective_scan(u, Δ, A = -exp(A_log), B, C, D, z)   h_t = exp(Δ A) h + Δ B u,  y = C h + D u, · silu(z)
     out = out_proj(y)
 Only the public ops ``selective_scan`` and ``causal_conv1d`` are called; the backend they run on is theirs to
-choose (retailsim.ops.backend). Both are causal, so outputs at real positions of a left-aligned, right-padded
+choose (retailsim.ops.backend). Every [B, d_inner, L] tensor here is a transposed view of a [B, L, d_inner]
+matmul output: the C++ kernels read such views in place and return their results in the same time-major
+layout, so on CPU no transpose is copied between the projections, the conv and the scan. u and z come from
+two matmuls on the halves of in_proj's weight, so their gradients need no concatenation either. Both are causal, so outputs at real positions of a left-aligned, right-padded
 history never see the padding.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from retailsim.model.config import WorldModelConfig
 from retailsim.ops import causal_conv1d, selective_scan
@@ -54,8 +58,9 @@ class MambaMixer(nn.Module):
             self.D.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        length = x.shape[1]
-        u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)            # 2 × [B, d_inner, L]
+        length, d_inner = x.shape[1], self.d_inner
+        u = F.linear(x, self.in_proj.weight[:d_inner]).transpose(1, 2)    # [B, d_inner, L]
+        z = F.linear(x, self.in_proj.weight[d_inner:]).transpose(1, 2)    # [B, d_inner, L]
         u = causal_conv1d(u, self.conv_weight, self.conv_bias, activation="silu")  # [B, d_inner, L]
         projected = self.x_proj(u.transpose(1, 2))                        # [B, L, rank + 2N]
         dt_low, B, C = projected.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
