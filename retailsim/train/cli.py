@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "then written counts the cut epoch as done")
     parser.add_argument("--patience", type=int, default=5,
                         help="stop after this many epochs without a better validation loss (0: never)")
+    parser.add_argument("--val-batches", type=int, default=0,
+                        help="validation batches per epoch, the first in split order (0: the whole split)")
     parser.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--log-every", type=int, default=50, help="optimizer steps between metrics.jsonl lines")
     parser.add_argument("--gradient-checkpointing", action="store_true",
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(data=args.data, out=args.out, preset=args.preset, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
                          grad_accum=args.grad_accum, max_steps=args.max_steps, patience=args.patience,
+                         val_batches=args.val_batches,
                          num_workers=args.num_workers, log_every=args.log_every,
                          gradient_checkpointing=args.gradient_checkpointing, progress=not args.quiet)
     trainer = Trainer(config, resume=args.resume)

@@ -14,6 +14,7 @@ on CPU.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -55,6 +56,7 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no cap; else stop after this many optimizer steps (a smoke run)
     num_workers: int = 0
     patience: int = 5  # epochs without a better validation loss before stopping; 0 = never stop early
+    val_batches: int = 0  # validation batches per epoch (per rank), the first in split order; 0 = the whole split
     log_every: int = 50
     gradient_checkpointing: bool = False
     progress: bool = True
@@ -74,7 +76,7 @@ class TrainConfig:
             if value < 1:
                 raise RetailSimInputError(f"--{name} must be at least 1, got {value}.")
         for name, value in {"max-steps": self.max_steps, "num-workers": self.num_workers,
-                            "patience": self.patience, "seed": self.seed}.items():
+                            "patience": self.patience, "seed": self.seed, "val-batches": self.val_batches}.items():
             if value < 0:
                 raise RetailSimInputError(f"--{name} must be 0 or more, got {value}.")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -356,12 +358,13 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, epoch: int) -> float | None:
-        """Mean all-task loss over the validation split (evaluation masks), weighted by samples; None when this
-        rank count leaves no validation batch (then best_model.pt follows the training loss)."""
+        """Mean all-task loss over the validation split (evaluation masks; its first ``val_batches`` batches
+        when set), weighted by samples; None when this rank count leaves no validation batch (then
+        best_model.pt follows the training loss)."""
         self.step_module.eval()
         loader = self.validation_loader()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for batch in loader:
+        for batch in itertools.islice(loader, self.config.val_batches or None):
             batch = batch.to(self.device, non_blocking=True)
             with self.autocast():
                 loss, _ = self.step_module(batch, all_tasks=True)

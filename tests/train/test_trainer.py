@@ -63,6 +63,20 @@ def test_checkpoints_hold_every_spec_key_and_load_weights_only(tiny_cache, tiny_
     assert len(steps) == 12 and all({"loss", "lr", "samples_per_s", "phase", "focal"} <= set(s) for s in steps)
 
 
+def test_val_batches_validates_on_the_first_batches_only(tiny_cache, tiny_model_factory, tmp_path, torch_backend):
+    trainer = Trainer(make_config(tiny_cache, tmp_path / "run", epochs=1, batch_size=16, val_batches=1),
+                      model_factory=tiny_model_factory)
+    record = trainer.run()
+    batches = list(trainer.validation_loader())
+    assert len(batches) >= 2  # otherwise the cap would change nothing
+    trainer.step_module.eval()
+    with torch.no_grad():
+        first = float(trainer.step_module(batches[0])[0])
+        whole = sum(float(trainer.step_module(b)[0]) * len(b) for b in batches) / sum(len(b) for b in batches)
+    assert record["val_loss"] == pytest.approx(first, rel=1e-6)
+    assert abs(record["val_loss"] - whole) > 1e-4
+
+
 def dropout_model_factory(preset, data, gradient_checkpointing, config=None):
     """The tiny preset with dropout on, so resuming must restore the torch RNG too."""
     from retailsim.model import WorldModelConfig, data_sizes_from_cache
@@ -137,7 +151,8 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tiny_cache, t
     (["--lr", "-1"], "--lr"),
     (["--grad-accum", "0"], "--grad-accum"),
     (["--backend", "cuda"], "--backend"),
-], ids=["epochs", "preset", "device", "lr", "grad-accum", "backend"])
+    (["--val-batches", "-1"], "--val-batches"),
+], ids=["epochs", "preset", "device", "lr", "grad-accum", "backend", "val-batches"])
 def test_cli_rejects_bad_flags_with_exit_2(tiny_cache, tmp_path, capsys, flags, message):
     code = module_main("retailsim.train.cli", ["--data", str(tiny_cache), "--out", str(tmp_path), *flags])
     assert code == 2 and message in capsys.readouterr().err
