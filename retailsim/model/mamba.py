@@ -8,11 +8,11 @@ Mixer, for x [B, L, d_model]:
     y = selective_scan(u, Δ, A = -exp(A_log), B, C, D, z)   h_t = exp(Δ A) h + Δ B u,  y = C h + D u, · silu(z)
     out = out_proj(y)
 Only the public ops ``selective_scan`` and ``causal_conv1d`` are called; the backend they run on is theirs to
-choose (retailsim.ops.backend). Every [B, d_inner, L] tensor here is a transposed view of a [B, L, d_inner]
+choose (retailsim.ops.backend). Both are causal, so outputs at real positions of a left-aligned, right-padded
+history never see the padding. Every [B, d_inner, L] tensor here is a transposed view of a [B, L, d_inner]
 matmul output: the C++ kernels read such views in place and return their results in the same time-major
 layout, so on CPU no transpose is copied between the projections, the conv and the scan. u and z come from
-two matmuls on the halves of in_proj's weight, so their gradients need no concatenation either. Both are causal, so outputs at real positions of a left-aligned, right-padded
-history never see the padding.
+two matmuls on the halves of in_proj's weight, so their gradients need no concatenation either.
 """
 from __future__ import annotations
 
