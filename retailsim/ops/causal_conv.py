@@ -13,6 +13,7 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from retailsim import native
 from retailsim.ops import backend
@@ -71,6 +72,7 @@ class _NativeCausalConv(torch.autograd.Function):
         return torch.from_numpy(out).to(x.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout):
         x, weight, bias = ctx.saved_tensors
         work = ctx.work

@@ -93,7 +93,8 @@ def test_native_kernel_reads_views_in_place_and_keeps_their_layout():
 
 @needs_cpp
 def test_native_kernel_bits_do_not_depend_on_threads():
-    x, weight, bias = make(4, 40, 300, 4, seed=41)
+    x, weight, bias = make(8, 64, 1000, 4, seed=41)  # 2M multiply-adds: enough work for every thread count asked
+    x = time_major(x)
     dout = torch.randn(x.shape, generator=torch.Generator().manual_seed(42))
     module = native.load()
     arrays = (x.numpy(), weight.numpy(), bias.numpy())
@@ -103,6 +104,51 @@ def test_native_kernel_bits_do_not_depend_on_threads():
         assert np.array_equal(out, runs[0][0])
         for got, first in zip(grads, runs[0][1]):
             assert np.array_equal(got, first)
+
+
+@pytest.mark.native_parity
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_low_precision_inputs_keep_their_dtype_and_stay_close(dtype):
+    x, weight, bias = make(2, 19, 70, 4, seed=51)
+    weight.requires_grad_(True)
+    x_low = time_major(x).to(dtype).requires_grad_(True)
+    out = causal_conv1d(x_low, weight, bias, activation="silu")
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(52)).to(dtype)
+    dx, dweight = torch.autograd.grad(out, (x_low, weight), dout)
+    assert out.dtype == dx.dtype == dtype and dweight.dtype == torch.float32
+    x64 = x_low.detach().double().requires_grad_(True)
+    w64 = weight.detach().double().requires_grad_(True)
+    out64 = conv_loop64(x64, w64, bias.double(), "silu")
+    dx64, dw64 = torch.autograd.grad(out64, (x64, w64), dout.double())
+    tolerance = {torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]  # the output's rounding to dtype
+    for name, got, want in (("out", out, out64), ("dx", dx, dx64), ("dweight", dweight, dw64)):
+        err = ((got.double() - want).abs().max() / want.abs().max()).item()
+        assert err < tolerance, (name, err)
+
+
+@pytest.mark.native_parity
+def test_gradient_of_one_input_only():
+    x, weight, bias = make(2, 5, 30, 4, seed=61)
+    dout = torch.randn(x.shape, generator=torch.Generator().manual_seed(62))
+    leaf_w = weight.clone().requires_grad_(True)
+    (dweight,) = torch.autograd.grad(causal_conv1d(x, leaf_w, bias, activation="silu"), leaf_w, dout)
+    leaf_x = x.clone().requires_grad_(True)
+    (dx,) = torch.autograd.grad(causal_conv1d(leaf_x, weight, bias, activation="silu"), leaf_x, dout)
+    x64, w64 = x.double().requires_grad_(True), weight.double().requires_grad_(True)
+    dx64, dw64 = torch.autograd.grad(conv_loop64(x64, w64, bias.double(), "silu"), (x64, w64), dout.double())
+    assert_fp32_close(dweight, dw64, "dweight", FP32_GRAD_REL_ERR)
+    assert_fp32_close(dx, dx64, "dx", FP32_GRAD_REL_ERR)
+
+
+@needs_cpp
+def test_second_derivatives_raise_instead_of_coming_back_as_zeros():
+    x, weight, bias = make(1, 3, 10, 4, seed=71)
+    x.requires_grad_(True)
+    out = causal_conv1d(x, weight, bias, activation="silu")
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(72)).requires_grad_(True)
+    (dx,) = torch.autograd.grad(out, x, dout, create_graph=True)  # as gradgradcheck calls it
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        dx.sum().backward()
 
 
 @needs_cpp

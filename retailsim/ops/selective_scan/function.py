@@ -10,6 +10,7 @@ import importlib
 from types import ModuleType
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from retailsim.ops import backend
 
@@ -52,6 +53,7 @@ class SelectiveScanFn(torch.autograd.Function):
         return out.to(u.dtype), last_state
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout, _dlast_state):
         u, delta, A, B, C, D, z, delta_bias, *saved = ctx.saved_tensors
         du, ddelta, dA, dB, dC, dD, ddelta_bias, dz = ctx.launcher.selective_scan_bwd(
