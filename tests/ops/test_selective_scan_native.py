@@ -217,6 +217,17 @@ def test_public_function_runs_the_cpp_kernel_by_default_on_cpu():
 
 
 @needs_cpp
+def test_second_derivatives_raise_instead_of_coming_back_as_zeros():
+    inputs, softplus = make_inputs(1, 3, 12, 4, seed=151)
+    u = inputs["u"].requires_grad_(True)
+    out = selective_scan(**{**inputs, "u": u}, delta_softplus=softplus)
+    dout = random_dout(inputs, 152).requires_grad_(True)
+    (du,) = torch.autograd.grad(out, u, dout, create_graph=True)  # as gradgradcheck calls it
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        du.sum().backward()
+
+
+@needs_cpp
 def test_B_and_C_with_unrelated_group_counts():
     """B in 2 groups, C in 3 (mamba_ssm's reference allows it): each channel reads its own group of each.
     The PyTorch fallback does not support this case yet, so it is not a native_parity test."""
@@ -246,6 +257,25 @@ def test_run_twice_and_any_thread_count_give_identical_bits():
 def time_major(x: torch.Tensor) -> torch.Tensor:
     """The same (batch, dim, L) values stored as (batch, L, dim), as the model's matmul outputs are."""
     return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@pytest.mark.native_parity
+@pytest.mark.parametrize("shape", [(2, 33, 130, 8, None, None), (64, 40, 70, 4, 2, None)],
+                         ids=["dim33-partial-block", "batch64-backward-spans-blocks"])
+def test_time_major_inputs_match_the_reference(launchers, shape):
+    """Time-major u, delta, z and dout (the model's layout) against the float64 reference: a last block of
+    channels narrower than a tile (dim 33), and backward tasks that span several 16-channel blocks (batch 64:
+    one task per batch row and B group)."""
+    batch, dim, length, dstate, groups_B, groups_C = shape
+    inputs, softplus = make_inputs(batch, dim, length, dstate, seed=141, groups_B=groups_B, groups_C=groups_C)
+    dout = random_dout(inputs, 142)
+    viewed = {name: time_major(t) if name in ("u", "delta", "z") else t for name, t in inputs.items()}
+    out, last, _, grads = run_launchers(launchers, viewed, softplus, time_major(dout))
+    out64, last64, grads64 = reference64(inputs, softplus, dout)
+    assert_fp32_close(out, out64, "out")
+    assert_fp32_close(last, last64, "last_state")
+    for name in grads64:
+        assert_fp32_close(grads[name], grads64[name], f"d{name}", FP32_GRAD_REL_ERR)
 
 
 @needs_cpp
@@ -279,7 +309,7 @@ def test_strided_views_are_read_in_place_and_give_the_same_bits(layout):
 
 
 @needs_cpp
-def test_low_precision_inputs_are_upcast():
+def test_bf16_inputs_give_the_bits_of_their_float32_upcast():
     inputs, softplus = make_inputs(2, 6, 40, 16, seed=183)
     low = {name: None if t is None else t.to(torch.bfloat16).float() for name, t in inputs.items()}
     dout = random_dout(inputs, 184).to(torch.bfloat16).float()
