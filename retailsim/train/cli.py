@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=5,
                         help="stop after this many epochs without a better validation loss (0: never)")
     parser.add_argument("--val-batches", type=int, default=0,
-                        help="validation batches per epoch, the first in split order (0: the whole split)")
+                        help="validation batches per epoch (per process under torchrun), the first in split order "
+                             "(0: the whole split)")
     parser.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--log-every", type=int, default=50, help="optimizer steps between metrics.jsonl lines")
     parser.add_argument("--gradient-checkpointing", action="store_true",

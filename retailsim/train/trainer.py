@@ -56,7 +56,7 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no cap; else stop after this many optimizer steps (a smoke run)
     num_workers: int = 0
     patience: int = 5  # epochs without a better validation loss before stopping; 0 = never stop early
-    val_batches: int = 0  # validation batches per epoch (per rank), the first in split order; 0 = the whole split
+    val_batches: int = 0  # validation batches per epoch (per process), the first in split order; 0 = the whole split
     log_every: int = 50
     gradient_checkpointing: bool = False
     progress: bool = True
@@ -217,11 +217,13 @@ class Trainer:
         return self._loaders[("train", mask_rate)]
 
     def validation_loader(self):
+        """The validation batches: length-bucketed over the whole split; with ``val_batches`` in split order
+        (bucketing sorts by history length, so its first batches would be the shortest histories)."""
         if "validation" not in self._loaders:
             self._loaders["validation"] = make_loader(
                 self.config.data, "validation", batch_size=self.config.batch_size, train=False, seed=self.config.seed,
-                num_workers=self.config.num_workers, device=self.device, num_replicas=self.world_size, rank=self.rank,
-                max_history=self.model.config.max_history)
+                bucket=self.config.val_batches == 0, num_workers=self.config.num_workers, device=self.device,
+                num_replicas=self.world_size, rank=self.rank, max_history=self.model.config.max_history)
         return self._loaders["validation"]
 
     def autocast(self):
