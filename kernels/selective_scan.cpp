@@ -7,14 +7,16 @@
 //
 // Layout: u, delta, z, out (batch, dim, L); A (dim, N); B, C (batch, groups, N, L) with channel d reading
 // group d / (dim / groups) (B and C may have different group counts; (batch, N, L) is one group).
-// u, delta, z, dout, B and C are read through their strides, so the model's views (u and z slices of one
-// projection, Δ and B/C transposed from (batch, L, ·) matmul outputs) need no copy. Each output of shape
+// u, delta, z, dout, B and C are read through their strides, so transposed or sliced views (the model's u, z
+// and Δ are transposed (batch, L, dim) matmul outputs) need no copy. Each output of shape
 // (batch, dim, L) takes the layout of the input it belongs to (out and du u's, ddelta delta's, dz z's): a
 // time-major input ((batch, L, dim) in memory) gets a time-major output, which the model's next matmul reads
 // without a copy. Channels are processed kRowBlock at a time, chunk by chunk: the chunk's (kRowBlock, kChunk)
 // tiles of u, Δ, z (and dout) are copied in the array's own memory order into scratch, where every channel's
-// steps are contiguous, and the results leave through tiles the same way; forward tasks are such blocks, so
-// two threads never write the same cache line of a time-major output.
+// steps are contiguous, and the results leave through tiles the same way. Forward tasks are such blocks, so
+// forward threads write disjoint 16-channel column blocks of a time-major output (a cache line may still
+// straddle two blocks when the array is not 64-byte aligned; backward tasks start where the shape-only split
+// of the channels puts them). Sharing a line costs speed only: every element has one writer.
 // B and C are first transposed to (batch, groups, L, N) so that every step reads N contiguous floats: the
 // loops over N are the SIMD dimension (`omp simd` with scan_math.h's inline exp/log1p, and its horizontal
 // sums for the dot products over N; no -ffast-math), the time loop is sequential. N = 8, 16, 32, 64 are
