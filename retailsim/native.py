@@ -39,3 +39,24 @@ def load() -> ModuleType | None:
 
 def available() -> bool:
     return load() is not None
+
+
+_num_threads: int | None = None
+
+
+def set_num_threads(n: int | None) -> None:
+    """Threads the C++ kernels (selective scan, causal conv) use; None: follow ``torch.get_num_threads()``.
+    Their results do not depend on it."""
+    global _num_threads
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"set_num_threads(n): n must be a positive int or None, got {n!r}.")
+    _num_threads = n
+
+
+def get_num_threads() -> int:
+    """The thread count the next C++ kernel call will use."""
+    if _num_threads is not None:
+        return _num_threads
+    import torch
+
+    return max(1, torch.get_num_threads())

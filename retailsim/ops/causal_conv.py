@@ -64,7 +64,7 @@ class _NativeCausalConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, silu):
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
-        threads = max(1, torch.get_num_threads())
+        threads = native.get_num_threads()
         out = _native_kernel().causal_conv1d_fwd(_work_array(x, work, True), _work_array(weight, work, False),
                                                  _work_array(bias, work, False), silu=silu, num_threads=threads)
         ctx.save_for_backward(x, weight, bias)
@@ -78,7 +78,7 @@ class _NativeCausalConv(torch.autograd.Function):
         work = ctx.work
         dx, dweight, dbias = _native_kernel().causal_conv1d_bwd(
             _work_array(dout, work, True), _work_array(x, work, True), _work_array(weight, work, False),
-            _work_array(bias, work, False), silu=ctx.silu, num_threads=max(1, torch.get_num_threads()))
+            _work_array(bias, work, False), silu=ctx.silu, num_threads=native.get_num_threads())
         dx = torch.from_numpy(dx).to(x.dtype) if ctx.needs_input_grad[0] else None
         dweight = torch.from_numpy(dweight).to(weight.dtype) if ctx.needs_input_grad[1] else None
         dbias = torch.from_numpy(dbias).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None

@@ -152,6 +152,27 @@ def test_second_derivatives_raise_instead_of_coming_back_as_zeros():
 
 
 @needs_cpp
+def test_native_kernel_threads_follow_the_shared_setting(monkeypatch):
+    module, seen = native.load(), []
+    real = module.causal_conv1d_fwd
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["num_threads"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "causal_conv1d_fwd", spy)
+    x, weight, bias = make(1, 3, 10, 4, seed=81)
+    try:
+        native.set_num_threads(3)
+        causal_conv1d(x, weight, bias)
+        native.set_num_threads(None)
+        causal_conv1d(x, weight, bias)
+    finally:
+        native.set_num_threads(None)
+    assert seen == [3, max(1, torch.get_num_threads())]
+
+
+@needs_cpp
 def test_native_kernel_serves_cpu_and_follows_the_backend_request():
     assert implementation("cpu") == "native"
     backend.set_backend("torch")

@@ -14,8 +14,8 @@ time-major (batch, L, dim) input gets time-major outputs, which the next matmul 
 float64 inputs stay float64 (the same kernel built for double, used by the gradchecks). ``saved`` is
 ``(checkpoints,)``: the state every 64 steps, (batch, dim, ceil(L/64) - 1, N).
 
-Threads: ``set_num_threads(n)``; by default as many as ``torch.get_num_threads()``. Results are bitwise the
-same for every thread count.
+Threads: ``set_num_threads(n)`` (``retailsim.native``'s, shared with the causal conv); by default as many as
+``torch.get_num_threads()``. Results are bitwise the same for every thread count.
 """
 from __future__ import annotations
 
@@ -23,26 +23,12 @@ import numpy as np
 import torch
 
 from retailsim import native
-
-_num_threads: int | None = None
-
+from retailsim.native import get_num_threads, set_num_threads  # noqa: F401 - shared by both C++ kernels
 
 def available() -> bool:
     """Whether the extension is loaded (and allowed) and carries this kernel."""
     module = native.load()
     return module is not None and hasattr(module, "selective_scan_fwd")
-
-
-def set_num_threads(n: int | None) -> None:
-    """Threads the C++ scan uses (None: follow ``torch.get_num_threads()``)."""
-    global _num_threads
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise ValueError(f"set_num_threads(n): n must be a positive int or None, got {n!r}.")
-    _num_threads = n
-
-
-def get_num_threads() -> int:
-    return _num_threads if _num_threads is not None else max(1, torch.get_num_threads())
 
 
 def _kernel():
