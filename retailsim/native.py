@@ -2,6 +2,8 @@
 
 ``RETAILSIM_NATIVE=0`` forces the NumPy/PyTorch paths. A missing build gives one warning, once, and the
 package carries on without it. Every caller goes through :func:`load` so the choice is made in one place.
+Shared by the torch-facing wrappers of the C++ kernels: the dtype they compute in (:func:`work_dtype`), the
+NumPy view they receive (:func:`as_numpy`) and their thread count (:func:`set_num_threads`).
 """
 from __future__ import annotations
 
@@ -39,6 +41,23 @@ def load() -> ModuleType | None:
 
 def available() -> bool:
     return load() is not None
+
+
+def work_dtype(tensor) -> "torch.dtype":
+    """The dtype the C++ kernels compute in for ``tensor``: float64 for float64 (the gradcheck builds), else
+    float32 (bf16/fp16 upcast)."""
+    import torch
+
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def as_numpy(tensor, dtype, strided: bool):
+    """A NumPy view of ``tensor`` (detached) in ``dtype`` for a C++ kernel: at its own strides when the kernel
+    reads the argument strided, else C-contiguous; copied only where the dtype or the layout asks for it."""
+    if tensor is None:
+        return None
+    tensor = tensor.detach().to(dtype)
+    return tensor.numpy() if strided else tensor.contiguous().numpy()
 
 
 _num_threads: int | None = None

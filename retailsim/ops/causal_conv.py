@@ -51,22 +51,15 @@ def implementation(device: torch.device | str) -> str:
     return "torch"
 
 
-def _work_array(tensor: torch.Tensor | None, dtype: torch.dtype, strided: bool):
-    if tensor is None:
-        return None
-    tensor = tensor.detach().to(dtype)
-    return tensor.numpy() if strided else tensor.contiguous().numpy()
-
-
 class _NativeCausalConv(torch.autograd.Function):
     """The C++ kernel: float32 math (float64 for float64 x, used by the gradcheck), x's dtype out."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, silu):
-        work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        work = native.work_dtype(x)
         threads = native.get_num_threads()
-        out = _native_kernel().causal_conv1d_fwd(_work_array(x, work, True), _work_array(weight, work, False),
-                                                 _work_array(bias, work, False), silu=silu, num_threads=threads)
+        out = _native_kernel().causal_conv1d_fwd(native.as_numpy(x, work, True), native.as_numpy(weight, work, False),
+                                                 native.as_numpy(bias, work, False), silu=silu, num_threads=threads)
         ctx.save_for_backward(x, weight, bias)
         ctx.silu, ctx.work = silu, work
         return torch.from_numpy(out).to(x.dtype)
@@ -77,8 +70,8 @@ class _NativeCausalConv(torch.autograd.Function):
         x, weight, bias = ctx.saved_tensors
         work = ctx.work
         dx, dweight, dbias = _native_kernel().causal_conv1d_bwd(
-            _work_array(dout, work, True), _work_array(x, work, True), _work_array(weight, work, False),
-            _work_array(bias, work, False), silu=ctx.silu, num_threads=native.get_num_threads())
+            native.as_numpy(dout, work, True), native.as_numpy(x, work, True), native.as_numpy(weight, work, False),
+            native.as_numpy(bias, work, False), silu=ctx.silu, num_threads=native.get_num_threads())
         dx = torch.from_numpy(dx).to(x.dtype) if ctx.needs_input_grad[0] else None
         dweight = torch.from_numpy(dweight).to(weight.dtype) if ctx.needs_input_grad[1] else None
         dbias = torch.from_numpy(dbias).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None

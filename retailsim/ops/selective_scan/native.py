@@ -25,6 +25,7 @@ import torch
 from retailsim import native
 from retailsim.native import get_num_threads, set_num_threads  # noqa: F401 - shared by both C++ kernels
 
+
 def available() -> bool:
     """Whether the extension is loaded (and allowed) and carries this kernel."""
     module = native.load()
@@ -41,10 +42,6 @@ def _kernel():
     return module
 
 
-def _work_dtype(u: torch.Tensor) -> torch.dtype:
-    return torch.float64 if u.dtype == torch.float64 else torch.float32
-
-
 _STRIDED = frozenset({"u", "delta", "z", "dout", "B", "C"})  # read by the kernel through their strides
 
 
@@ -59,8 +56,7 @@ def _as_array(name: str, tensor: torch.Tensor | None, dtype: torch.dtype) -> np.
         raise ValueError(f"selective_scan: the C++ kernel runs on CPU tensors, {name} is on {tensor.device}.")
     if not tensor.is_floating_point():
         raise TypeError(f"selective_scan: {name} must be a floating-point tensor, got {tensor.dtype}.")
-    tensor = tensor.detach().to(dtype)
-    return tensor.numpy() if name in _STRIDED else tensor.contiguous().numpy()
+    return native.as_numpy(tensor, dtype, strided=name in _STRIDED)
 
 
 def _tensors(*arrays):
@@ -69,7 +65,7 @@ def _tensors(*arrays):
 
 def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     """(out (batch, dim, L), last_state (batch, dim, N), saved) in float32 (float64 for float64 u)."""
-    work = _work_dtype(u)
+    work = native.work_dtype(u)
     arrays = [_as_array(n, t, work) for n, t in zip(
         ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"), (u, delta, A, B, C, D, z, delta_bias))]
     out, last_state, checkpoints = _kernel().selective_scan_fwd(
@@ -81,7 +77,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 
 def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved):
     """Gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias, dz), None where the input was None."""
-    work = _work_dtype(u)
+    work = native.work_dtype(u)
     (checkpoints,) = saved
     arrays = [_as_array(n, t, work) for n, t in zip(
         ("u", "delta", "A", "B", "C"), (u, delta, A, B, C))]
