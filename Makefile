@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q "setuptools>=64" wheel "pybind11>=2.12" "cmake>=3.18"
+	$(PIP) install -q "setuptools>=77" wheel "pybind11>=2.12" "cmake>=3.18"
 	RETAILSIM_REQUIRE_NATIVE=1 $(PIP) install -q --no-build-isolation -e ".[test,bench,report]"
 	touch $@
 
