@@ -43,6 +43,7 @@ def _check_positive(name: str, value: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from retailsim.data.cache_reader import TensorCache
     from retailsim.errors import RetailSimInputError
     from retailsim.eval.checkpoint import load_model, resolve_device
     from retailsim.eval.evaluator import Evaluator
@@ -51,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check_positive("--max-batches", args.max_batches)
     _check_positive("--batch-size", args.batch_size)
-    if not (args.data / "cache.json").is_file():
-        raise RetailSimInputError(f"--data {args.data} is not a tensor cache (no cache.json); run prepare-tensor-cache.")
+    TensorCache.open(args.data, "--data")  # a missing or damaged cache is one sentence, before any work
     if args.metrics_log is not None and not args.metrics_log.is_file():
         raise RetailSimInputError(f"--metrics-log {args.metrics_log} does not exist.")
     device = resolve_device(args.device)

@@ -130,28 +130,17 @@ class CollateArrays:
 
     @classmethod
     def from_cache(cls, folder: Path, split: str) -> "CollateArrays":
-        from retailsim.data.tensor_cache import load_cache
-        import json
+        from retailsim.data.cache_reader import TensorCache
 
-        folder = Path(folder)
-        if split not in schema.SPLITS:
-            raise ValueError(f"split must be one of {', '.join(schema.SPLITS)}, got {split!r}.")
-        manifest_path = folder / "cache.json"
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"{folder} is not a tensor cache (no cache.json); run prepare-tensor-cache.")
-        manifest = json.loads(manifest_path.read_text())
-        arrays = load_cache(folder, split)
-        category = np.ascontiguousarray(arrays["product_category"][:, -1], np.int32)
+        cache = TensorCache.open(folder)
+        arrays = cache.split_arrays(split)
         # coarsest level: 0 = unknown, then vocab.json's names (the width is the data set's, not the batch's)
-        vocab_path = folder / "vocab.json"
-        names = (json.loads(vocab_path.read_text()).get("categories", {}).get(schema.HIERARCHY_COLUMNS[-1], {})
-                 .get("names", []) if vocab_path.is_file() else [])
-        n_categories = max(1, len(names) + 1, int(category.max(initial=0)) + 1)
+        category = np.ascontiguousarray(cache.product_category()[:, -1], np.int32)
+        n_categories = cache.data_sizes()["category_sizes"][-1]
         basket = {name: arrays[name] for name in arrays if name not in
                   ("stream_items", "stream_weeks", "stream_offsets", "product_category", "product_train_baskets",
                    "product_log_price_median", "product_has_price")}
-        return cls(basket, arrays["stream_items"], arrays["stream_weeks"], category, int(manifest["n_products"]),
-                   n_categories)
+        return cls(basket, arrays["stream_items"], arrays["stream_weeks"], category, cache.n_products, n_categories)
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:

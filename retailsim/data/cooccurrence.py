@@ -124,14 +124,9 @@ def cooccurrence(basket_item_offsets, item_ids, *, n_products: int, top_k: int =
 def from_cache(folder: Path, *, top_k: int = DEFAULT_TOP_K, n_threads: int = 1,
                use_native: bool | None = None) -> Cooccurrence:
     """Co-occurrence over the training baskets of a tensor cache (never validation/test: SPEC 3.3)."""
-    import json
+    from retailsim.data.cache_reader import TensorCache
 
-    folder = Path(folder)
-    manifest_path = folder / "cache.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{folder} is not a tensor cache (no cache.json); run prepare-tensor-cache.")
-    n_products = int(json.loads(manifest_path.read_text())["n_products"])
-    offsets = np.load(folder / "train" / "basket_item_offsets.npy", mmap_mode="r")
-    items = np.load(folder / "train" / "item_ids.npy", mmap_mode="r")
-    return cooccurrence(offsets, items, n_products=n_products, top_k=top_k, n_threads=n_threads,
-                        use_native=use_native)
+    cache = TensorCache.open(folder)
+    train = cache.split_arrays("train")
+    return cooccurrence(train["basket_item_offsets"], train["item_ids"], n_products=cache.n_products, top_k=top_k,
+                        n_threads=n_threads, use_native=use_native)

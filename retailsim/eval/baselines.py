@@ -17,7 +17,6 @@ baskets' known labels), next to the model's aux accuracies.
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 
 from retailsim.data import schema
 from retailsim.data.cooccurrence import DEFAULT_TOP_K, from_cache as cooccurrence_from_cache
-from retailsim.model.config import product_counts_from_cache
+from retailsim.data.cache_reader import TensorCache
 
 BASELINES = ("popularity", "personal", "cooccurrence", "blend")
 TIE_BREAK = 1e-3
@@ -53,16 +52,16 @@ class BaselineStatistics:
 
     @classmethod
     def from_cache(cls, folder: Path, *, top_k: int = DEFAULT_TOP_K) -> "BaselineStatistics":
-        folder = Path(folder)
-        n_products = int(json.loads((folder / "cache.json").read_text())["n_products"])
-        counts = product_counts_from_cache(folder)  # a fresh array: zeroing the specials below is local
+        cache = TensorCache.open(folder)
+        n_products = cache.n_products
+        counts = cache.product_counts()  # a fresh array: zeroing the specials below is local
         counts[[schema.PAD_ID, schema.unk_id(n_products), schema.mask_id(n_products)]] = 0
         smoothed = np.zeros(len(counts), np.float64)
         smoothed[1:n_products + 1] = counts[1:n_products + 1] + 1.0
         cooc = cooccurrence_from_cache(folder, top_k=top_k)
         row_of = np.repeat(np.arange(len(cooc.indptr) - 1), np.diff(cooc.indptr))
         weight = cooc.counts / np.maximum(cooc.item_baskets[row_of], 1)
-        labels = np.load(folder / "train" / "labels.npy", mmap_mode="r")
+        labels = cache.split_arrays("train")["labels"]
         majority = {}
         for i, name in enumerate(schema.LABEL_TARGETS):
             tally = np.bincount(np.asarray(labels[:, i], np.int64), minlength=len(schema.LABELS[name]))

@@ -81,12 +81,12 @@ class Evaluator:
     def __init__(self, cache_dir: Path, *, batch_size: int = 256, max_batches: int | None = None, seed: int = 0,
                  device: torch.device | str = "cpu", max_history: int = DEFAULT_MAX_HISTORY,
                  chunk_rows: int = 1024, ground_truth: Path | None = None, show_progress: bool = False) -> None:
-        import json
+        from retailsim.data.cache_reader import TensorCache
 
         self.cache_dir, self.batch_size, self.max_batches, self.seed = Path(cache_dir), batch_size, max_batches, seed
         self.device, self.max_history, self.chunk_rows = torch.device(device), max_history, chunk_rows
         self.ground_truth, self.show_progress = ground_truth, show_progress
-        self.n_products = int(json.loads((self.cache_dir / "cache.json").read_text())["n_products"])
+        self.n_products = TensorCache.open(self.cache_dir).n_products
         self.stats = bl.BaselineStatistics.from_cache(self.cache_dir)
 
     def batches(self, split: str):

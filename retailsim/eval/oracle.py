@@ -13,13 +13,13 @@ basket). The oracle has no joint basket score, so it reports no recall@K.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from retailsim.data.cache_reader import TensorCache
 from retailsim.errors import RetailSimInputError
 from retailsim.eval.metrics import K_VALUES
 
@@ -28,8 +28,7 @@ GROUND_TRUTH_FILE = "ground_truth.parquet"
 
 def default_ground_truth(cache_dir: Path) -> Path | None:
     """The generator's ground truth next to the raw data Stage 1 read (cache.json → samples metadata → input)."""
-    manifest = json.loads((Path(cache_dir) / "cache.json").read_text())
-    source = (manifest.get("samples_metadata") or {}).get("input")
+    source = TensorCache.open(cache_dir).source_input
     if not source:
         return None
     path = Path(source) / GROUND_TRUTH_FILE
@@ -43,14 +42,21 @@ class Oracle:
         ground_truth, cache_dir = Path(ground_truth), Path(cache_dir)
         if not ground_truth.is_file():
             raise RetailSimInputError(f"--ground-truth: {ground_truth} does not exist.")
-        manifest = json.loads((cache_dir / "cache.json").read_text())
-        samples = Path(manifest["samples"]) / f"{split}.parquet"
-        if not samples.is_file():
+        cache = TensorCache.open(cache_dir)
+        samples = cache.samples_folder / f"{split}.parquet" if cache.samples_folder else None
+        if samples is None or not samples.is_file():
             raise RetailSimInputError(f"--ground-truth needs the Stage 1 samples the cache was built from, and "
-                                      f"{samples} does not exist.")
-        vocab = json.loads((cache_dir / "vocab.json").read_text())
-        self.product_codes = ["", *vocab["products"]]  # id -> source product code
-        self.basket_ids = pq.read_table(samples, columns=["basket_id"])["basket_id"].to_pylist()
+                                      f"{samples or 'the path in cache.json'} does not exist.")
+        self.product_codes = ["", *cache.vocab.get("products", [])]  # id -> source product code
+        try:
+            self.basket_ids = pq.read_table(samples, columns=["basket_id"])["basket_id"].to_pylist()
+        except (OSError, ValueError, KeyError) as error:  # pyarrow's errors derive from these
+            raise RetailSimInputError(f"--ground-truth needs the Stage 1 samples the cache was built from, and "
+                                      f"{samples} cannot be read ({str(error).splitlines()[0]}).") from None
+        if len(self.basket_ids) != cache.n_baskets(split):
+            raise RetailSimInputError(f"{samples} has {len(self.basket_ids)} baskets but the cache's {split} split "
+                                      f"{cache.n_baskets(split)}: it is not the Stage 1 output the cache was built "
+                                      f"from.")
         try:
             table = pq.read_table(ground_truth, columns=["basket_id", "product_id", "rank", "probability_excluding_basket"])
         except (OSError, ValueError, KeyError) as error:

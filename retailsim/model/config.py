@@ -11,10 +11,8 @@ Widths of the default preset (SPEC 3.5, 4): context token = fusion of T1 custome
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -171,50 +169,28 @@ PRESETS: dict[str, dict] = {
 def data_sizes_from_cache(cache_dir) -> dict:
     """``{vocab_size, category_sizes, n_stores, n_store_regions}`` of a tensor cache, for ``from_name``.
 
-    Sizes are ids (largest id + 1, 0 = unknown) taken from the real arrays and the manifest, whichever is larger,
-    so every id any split holds has an embedding row.
+    Sizes are embedding rows (id 0 = unknown) from the manifest and vocab.json; the cache reader guarantees every
+    id of every split fits them (a larger id is a damaged cache, refused, not an embedding grown to fit it).
     """
-    folder = Path(cache_dir)
-    manifest_path = folder / "cache.json"
-    if not manifest_path.is_file():
-        raise RetailSimInputError(f"{folder} is not a tensor cache (no cache.json); run prepare-tensor-cache.")
-    manifest = json.loads(manifest_path.read_text())
-    arrays = manifest.get("arrays", {})
+    from retailsim.data.cache_reader import TensorCache
 
-    def load(name: str) -> np.ndarray:
-        if name not in arrays:
-            raise RetailSimInputError(f"{manifest_path} lists no array {name!r}; rebuild the cache.")
-        return np.load(folder / arrays[name]["path"], mmap_mode="r")
-
-    category = load("vocab/product_category")
-    vocab_size = int(manifest["vocab_size"])
-    if category.shape != (vocab_size, len(schema.HIERARCHY_COLUMNS)):
-        raise RetailSimInputError(f"{folder / arrays['vocab/product_category']['path']} has shape {category.shape}, "
-                                  f"expected ({vocab_size}, {len(schema.HIERARCHY_COLUMNS)}).")
-    vocab_path = folder / "vocab.json"
-    names = json.loads(vocab_path.read_text()).get("categories", {}) if vocab_path.is_file() else {}
-    category_sizes = []
-    for level, column in enumerate(schema.HIERARCHY_COLUMNS):
-        listed = len(names.get(column, {}).get("names", [])) + 1
-        category_sizes.append(max(listed, int(np.max(category[:, level], initial=0)) + 1))
-    n_stores, n_regions = int(manifest.get("n_stores", 0)) + 1, int(manifest.get("n_store_regions", 0)) + 1
+    cache = TensorCache.open(cache_dir)
     for split in schema.SPLITS:
-        n_stores = max(n_stores, int(np.max(load(f"{split}/store_id"), initial=0)) + 1)
-        n_regions = max(n_regions, int(np.max(load(f"{split}/store_region"), initial=0)) + 1)
-    return {"vocab_size": vocab_size, "category_sizes": category_sizes, "n_stores": n_stores,
-            "n_store_regions": n_regions}
+        cache.check_ids(split)
+    return cache.data_sizes()
 
 
 def product_category_from_cache(cache_dir) -> np.ndarray:
     """int64 [vocab_size, 4]: hierarchy ids of each product id (the model's ``product_category`` buffer)."""
-    folder = Path(cache_dir)
-    manifest = json.loads((folder / "cache.json").read_text())
-    entry = manifest["arrays"]["vocab/product_category"]
-    return np.asarray(np.load(folder / entry["path"]), np.int64)
+    from retailsim.data.cache_reader import TensorCache
+
+    return TensorCache.open(cache_dir).product_category()
 
 
 def product_counts_from_cache(cache_dir) -> np.ndarray:
     """int64 [vocab_size]: training baskets holding each product id (UNK: the rare products together; PAD and
     MASK 0), counted by Stage 1 over the training weeks only, freshly loaded on every call. Read by
     ``WorldModel.init_output_bias`` and the popularity baseline."""
-    return np.asarray(np.load(Path(cache_dir) / "vocab" / "product_train_baskets.npy"), np.int64)
+    from retailsim.data.cache_reader import TensorCache
+
+    return TensorCache.open(cache_dir).product_counts()

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from retailsim.data.cache_reader import TensorCache
 from retailsim.data.loader import make_loader, set_epoch
 from retailsim.errors import RetailSimInputError
 from retailsim.train import checkpoint as ckpt
@@ -63,9 +64,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         self.data, self.out = Path(self.data), Path(self.out)
-        if not (self.data / "cache.json").is_file():
-            raise RetailSimInputError(f"--data {self.data} is not a Stage 2 tensor cache (no cache.json); run "
-                                      f"`retailsim prepare-tensor-cache` first.")
+        TensorCache.open(self.data, "--data")  # a missing or damaged cache is one sentence, before any work
         if self.preset not in PRESET_NAMES:
             raise RetailSimInputError(f"--preset must be one of {', '.join(PRESET_NAMES)}, got {self.preset!r}.")
         if self.device not in DEVICES:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from retailsim.data import cooccurrence as co
+from retailsim.errors import RetailSimInputError
 from tests.data.batching_fixtures import IMPLS, needs, small_cache
 
 pytestmark = pytest.mark.native_parity
@@ -101,5 +102,5 @@ def test_from_cache_uses_training_baskets_only(tmp_path_factory):
     items = np.load(cache / "train" / "item_ids.npy")
     direct = co.cooccurrence(train, items, n_products=len(result.indptr) - 4, top_k=5, use_native=False)
     assert np.array_equal(result.counts, direct.counts) and np.array_equal(result.neighbors, direct.neighbors)
-    with pytest.raises(FileNotFoundError, match="not a tensor cache"):
+    with pytest.raises(RetailSimInputError, match="not a tensor cache"):
         co.from_cache(cache.parent)

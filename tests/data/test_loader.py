@@ -9,6 +9,7 @@ import torch
 
 from retailsim.data.batching import Batch
 from retailsim.data.loader import BucketBatchSampler, CacheBatchDataset, make_loader, padding_fraction, set_epoch
+from retailsim.errors import RetailSimInputError
 from tests.data.batching_fixtures import small_cache
 
 
@@ -96,7 +97,7 @@ def test_dataset_pickles_without_its_memory_maps(cache):
 
 
 def test_bad_arguments(cache, tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a tensor cache"):
+    with pytest.raises(RetailSimInputError, match="not a tensor cache"):
         make_loader(tmp_path, "train")
     with pytest.raises(ValueError, match="split"):
         make_loader(cache, "dev")

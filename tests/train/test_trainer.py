@@ -161,7 +161,7 @@ def test_cli_rejects_bad_flags_with_exit_2(tiny_cache, tmp_path, capsys, flags, 
 
 def test_cli_rejects_a_folder_that_is_not_a_cache_and_a_bad_checkpoint(tiny_cache, tmp_path, capsys):
     assert module_main("retailsim.train.cli", ["--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "not a Stage 2 tensor cache" in capsys.readouterr().err
+    assert "not a tensor cache" in capsys.readouterr().err
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     assert module_main("retailsim.train.cli", ["--data", str(tiny_cache), "--out", str(tmp_path / "o"),
