@@ -1,16 +1,21 @@
 """The ``retailsim`` command. Each verb lives in its own module, runnable as ``python -m retailsim.<module>``.
 
 A verb module defines ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> int``. Errors the user can
-cause (:class:`retailsim.errors.RetailSimInputError`) print one line and exit with status 2, no traceback.
+cause (:class:`retailsim.errors.RetailSimInputError`) print one line and exit with status 2, no traceback; so
+does a file the system refuses to read or write (``OSError``: permissions, a full disk, a folder where a file
+was expected), with the file and the system's reason. Ctrl-C exits 130 and SIGTERM 143, both after the
+verb's clean-up has run (temporary folders removed, outputs left as they were).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from typing import Callable, Sequence
 
-from retailsim.errors import RetailSimInputError
+from retailsim.errors import RetailSimInputError, Terminated
 
 # verb -> module. Verb modules keep heavy imports (torch, the model) inside run() so `--help` stays fast.
 VERBS = {
@@ -23,16 +28,38 @@ VERBS = {
 }
 
 
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def describe_os_error(error: OSError) -> str:
+    """``<file>: <reason>`` in one line."""
+    reason = error.strerror or (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"{error.filename}: {reason}" if error.filename else reason
+
+
 def run_guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a verb; a user error becomes one line on stderr and exit status 2."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM unwinds like Ctrl-C, clean-up included
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(run(args) or 0)
     except RetailSimInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; no output was left half-written.", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated; no output was left half-written.", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def module_main(module_name: str, argv: Sequence[str] | None = None) -> int:

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     run_verb(TRAIN_MODULE, ["--data", str(cache), "--out", str(checkpoints), "--preset", args.preset,
                             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
                             "--device", args.device, "--seed", str(args.seed), "--threads", str(args.threads),
-                            "--val-batches", str(args.val_batches)])
+                            "--val-batches", str(args.val_batches), "--overwrite"])
     evaluate = [str(checkpoints / "best_model.pt"), "--data", str(cache), "--split", "test",
                 "--output", str(results), "--ground-truth", str(raw / "ground_truth.parquet"),
                 "--metrics-log", str(checkpoints / METRICS_LOG), "--device", args.device]

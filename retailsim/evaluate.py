@@ -43,6 +43,7 @@ def _check_positive(name: str, value: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from retailsim.data.atomic_output import check_creatable, check_not_overlapping, output_lock
     from retailsim.data.cache_reader import TensorCache
     from retailsim.errors import RetailSimInputError
     from retailsim.eval.checkpoint import load_model, resolve_device
@@ -53,6 +54,11 @@ def run(args: argparse.Namespace) -> int:
     _check_positive("--max-batches", args.max_batches)
     _check_positive("--batch-size", args.batch_size)
     TensorCache.open(args.data, "--data")  # a missing or damaged cache is one sentence, before any work
+    if args.output.is_dir():
+        raise RetailSimInputError(f"--output {args.output} is a folder; expected the JSON file to write, e.g. "
+                                  f"{args.output / 'test_results.json'}.")
+    check_not_overlapping(args.output, [("--data", args.data), ("checkpoint", args.checkpoint)], "--output")
+    check_creatable(args.output, "--output")
     if args.metrics_log is not None and not args.metrics_log.is_file():
         raise RetailSimInputError(f"--metrics-log {args.metrics_log} does not exist.")
     device = resolve_device(args.device)
@@ -62,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
                           device=device, max_history=model.config.max_history, ground_truth=ground_truth,
                           show_progress=not args.quiet)
     results = {"checkpoint": str(args.checkpoint), **evaluator.evaluate(model, args.split)}
-    paths = write_report(results, args.output, metrics_log=args.metrics_log)
+    with output_lock(args.output, "--output"):
+        paths = write_report(results, args.output, metrics_log=args.metrics_log)
     print(markdown_table(results))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

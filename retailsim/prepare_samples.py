@@ -61,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
     if args.input is not None and not Path(args.input).exists():
         raise RetailSimInputError(f"--input {args.input}: no such file or folder.")
     out = Path(args.out)
-    check_output_folder(out, overwrite=args.overwrite)
+    inputs = [("--input", args.input)]
+    check_output_folder(out, overwrite=args.overwrite, inputs=inputs)
     source = open_source(args.input, format=args.format, mapping=parse_mapping(args.map) if args.map else None)
-    with atomic_folder(out) as staging:
+    with atomic_folder(out, overwrite=args.overwrite, inputs=inputs) as staging:
         metadata = write_samples(source, staging, n_products=args.n_products, split_weeks=split_weeks,
                                  show_progress=not args.quiet, extra_metadata={"input": str(args.input)})
     print_summary(metadata, out, time.perf_counter() - started)

@@ -27,8 +27,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     read_metadata(Path(args.samples))  # a folder that is not a Stage 1 output fails before anything is created
     out = Path(args.out)
-    check_output_folder(out, overwrite=args.overwrite)
-    with atomic_folder(out) as staging:
+    inputs = [("--samples", args.samples)]
+    check_output_folder(out, overwrite=args.overwrite, inputs=inputs)
+    with atomic_folder(out, overwrite=args.overwrite, inputs=inputs) as staging:
         manifest = write_tensor_cache(Path(args.samples), staging, show_progress=not args.quiet)
     seconds = time.perf_counter() - started
     splits = manifest["splits"]

@@ -20,7 +20,7 @@ import numpy as np
 
 from retailsim.data import schema
 from retailsim.data.tensor_cache import CACHE_FORMAT_VERSION
-from retailsim.errors import RetailSimInputError
+from retailsim.errors import RetailSimInputError, first_line
 
 CACHE_FORMAT = "retailsim-tensor-cache"
 _INT_KEYS = ("n_products", "vocab_size", "n_customer_keys", "n_customers", "n_stores", "n_store_regions",
@@ -136,7 +136,7 @@ class TensorCache:
             try:
                 values = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError, EOFError) as error:
-                problem = "is missing" if not path.exists() else f"cannot be read ({_first_line(error)})"
+                problem = "is missing" if not path.exists() else f"cannot be read ({first_line(error)})"
                 raise RetailSimInputError(f"{path} {problem}; the tensor cache is damaged, rerun "
                                           f"prepare-tensor-cache.") from None
             if str(values.dtype) != entry.get("dtype") or list(values.shape) != list(entry.get("shape", [])):
@@ -182,6 +182,11 @@ class TensorCache:
         """The raw input Stage 1 read, as recorded in its metadata."""
         source = (self.manifest.get("samples_metadata") or {}).get("input")
         return source if isinstance(source, str) else None
+
+    def fingerprint(self) -> str:
+        """What identifies the data set: Stage 1's input fingerprint and the baskets of each split."""
+        source = (self.manifest.get("samples_metadata") or {}).get("input_fingerprint", "")
+        return f"{source}:" + ",".join(str(self.n_baskets(split)) for split in schema.SPLITS)
 
     # ------------------------------------------------------------------------------------------ id checks
     def check_ids(self, split: str) -> None:
@@ -255,14 +260,9 @@ class TensorCache:
         return RetailSimInputError(f"{path} {problem}; the tensor cache is damaged, rerun prepare-tensor-cache.")
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _read_json(path: Path, what: str):
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise RetailSimInputError(f"{path}: {what} cannot be read ({_first_line(error)}); rerun "
+        raise RetailSimInputError(f"{path}: {what} cannot be read ({first_line(error)}); rerun "
                                   f"prepare-tensor-cache.") from None

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from retailsim.data import schema
 from retailsim.data.customer_state import CustomerState
+from retailsim.data.readers.validation import input_error, reading
 from retailsim.data.training_stats import PRICE_QUANTUM, TrainingStats, compute_training_stats
 from retailsim.data.week_lines import WeekLines, encode_week
 from retailsim.data.week_spill import SpilledWeeks
@@ -36,7 +37,8 @@ PROMO_DISCOUNT = 0.10  # an item is "on promotion" when its unit price is >= 10 
 PROMO_LOG_THRESHOLD = math.log(1.0 - PROMO_DISCOUNT)
 
 SAMPLE_COLUMNS = {
-    "basket_id": (pa.string(), "the source's basket id"),
+    "basket_id": (pa.string(), "the source's basket id; a basket id shared by several customers is one row per "
+                               "customer, each with that id (source_counters.baskets_split_by_customer)"),
     "customer_id": (pa.int32(), "training customer id 1..C; 0 = anonymous or first seen after the training weeks"),
     "customer_key": (pa.int32(), "history key: = customer_id for training customers, C+1.. for customers first "
                                  "seen later (in order of first basket), 0 = anonymous"),
@@ -69,6 +71,10 @@ SAMPLE_COLUMNS = {
     "store_switch": (pa.int8(), "1 when the previous basket was in another store"),
 }
 SAMPLES_SCHEMA = pa.schema([pa.field(name, kind) for name, (kind, _) in SAMPLE_COLUMNS.items()])
+# metadata.json sizes the later stages read, each with the least value it may hold.
+METADATA_SIZES = {"n_weeks": 3, "n_products": 1, "vocab_size": 4, "n_customers": 0, "n_customer_keys": 1,
+                  "n_stores": 0, "n_store_regions": 0}
+CORRUPT_SAMPLES = "; the samples folder is corrupt, rerun prepare-samples"
 
 
 @dataclass
@@ -105,6 +111,9 @@ def write_samples(source, out: Path, *, n_products: int = schema.DEFAULT_N_PRODU
         raise RetailSimInputError(f"--n-products {n_products}: expected at least 1.")
     started = time.perf_counter()
     n_weeks = int(source.n_weeks())
+    if n_weeks > schema.MAX_WEEKS:  # every adapter checks this with the file and value; this guards any source
+        raise RetailSimInputError(f"--input spans {n_weeks:,} weeks, more than the {schema.MAX_WEEKS:,} weeks "
+                                  f"(about 38 years) one data set may cover.")
     train_end, validation_end = resolve_split(n_weeks, split_weeks)
     weeks = SpilledWeeks(source, train_end, out / ".pass1_weeks")
     writers = {}
@@ -118,7 +127,9 @@ def write_samples(source, out: Path, *, n_products: int = schema.DEFAULT_N_PRODU
         bar = tqdm(total=n_weeks, desc="stage 1 pass 2: samples", unit="week", disable=not show_progress)
         for week, table in weeks.all_weeks():
             split = schema.SPLITS[0 if week <= train_end else 1 if week <= validation_end else 2]
-            samples, info = week_writer.week_samples(encode_week(week, table))
+            lines = encode_week(week, table)
+            source.counters.baskets_split_by_customer += lines.baskets_split_by_customer  # once per week: pass 2
+            samples, info = week_writer.week_samples(lines)
             writers[split].write_table(samples)
             c = counts[split]
             c.rows += table.num_rows
@@ -269,16 +280,23 @@ class _WeekWriter:
         return table, info
 
 
+def corrupt_samples_error(file: Path, problem: str, *, column: str | None = None,
+                          row: int | None = None) -> RetailSimInputError:
+    """One sentence for a file of a Stage 1 folder that is not as Stage 1 writes it."""
+    return input_error(f"--samples {file}", problem + CORRUPT_SAMPLES, column=column, row=row)
+
+
 def read_metadata(samples: Path) -> dict:
-    """metadata.json of a Stage 1 folder; a folder that is not one is a user error naming --samples."""
+    """metadata.json of a Stage 1 folder, its sizes checked; a folder that is not one is a user error naming
+    --samples, a metadata.json of the wrong shape one naming the file and the field."""
     samples = Path(samples)
     if not samples.is_dir():
         raise RetailSimInputError(f"--samples {samples}: no such folder.")
     meta_path = samples / "metadata.json"
-    try:
-        metadata = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
-        metadata = None
+    metadata = None
+    if meta_path.is_file():
+        with reading(meta_path, "JSON", name=f"--samples {meta_path}", advice=CORRUPT_SAMPLES):
+            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
     if not isinstance(metadata, dict) or metadata.get("format") != "retailsim-samples":
         raise RetailSimInputError(
             f"--samples {samples} is not a Stage 1 output (no valid metadata.json); run `retailsim prepare-samples`."
@@ -290,5 +308,33 @@ def read_metadata(samples: Path) -> dict:
         )
     for name in [f"{split}.parquet" for split in schema.SPLITS] + ["vocab.json"]:
         if not (samples / name).is_file():
-            raise RetailSimInputError(f"--samples {samples} is not a complete Stage 1 output: {name} is missing.")
+            problem = "is not a file" if (samples / name).exists() else "is missing"
+            raise RetailSimInputError(f"--samples {samples} is not a complete Stage 1 output: {name} {problem}.")
+    _check_metadata_sizes(meta_path, metadata)
     return metadata
+
+
+def _check_metadata_sizes(path: Path, metadata: dict) -> None:
+    for name, least in METADATA_SIZES.items():
+        value = metadata.get(name)
+        if type(value) is not int or value < least:  # not isinstance: True is no size
+            found = f"is {value!r}" if name in metadata else "is missing"
+            raise corrupt_samples_error(path, f"{name} {found}, expected a whole number >= {least}")
+    n_weeks, n_products = metadata["n_weeks"], metadata["n_products"]
+    if n_weeks > schema.MAX_WEEKS:
+        raise corrupt_samples_error(path, f"n_weeks is {n_weeks}, more than the {schema.MAX_WEEKS} weeks supported")
+    if metadata["vocab_size"] != schema.vocab_size(n_products):
+        raise corrupt_samples_error(path, f"vocab_size is {metadata['vocab_size']}, expected n_products + 3 = "
+                                          f"{schema.vocab_size(n_products)}")
+    if metadata["n_customer_keys"] < metadata["n_customers"] + 1:
+        raise corrupt_samples_error(path, f"n_customer_keys is {metadata['n_customer_keys']}, expected at least "
+                                          f"n_customers + 1 = {metadata['n_customers'] + 1}")
+    split = metadata.get("split_weeks")
+    bounds = [split.get(name) if isinstance(split, dict) else None for name in schema.SPLITS]
+    flat = [value for pair in bounds if isinstance(pair, list) and len(pair) == 2 for value in pair]
+    contiguous = (len(flat) == 6 and all(type(value) is int for value in flat) and flat[0] == 1
+                  and flat[5] == n_weeks and flat[2] == flat[1] + 1 and flat[4] == flat[3] + 1
+                  and all(flat[i] <= flat[i + 1] for i in (0, 2, 4)))
+    if not contiguous:
+        raise corrupt_samples_error(path, f"split_weeks is {split!r}, expected [first, last] week ranges of "
+                                          f"{', '.join(schema.SPLITS)} covering weeks 1..{n_weeks} in order")

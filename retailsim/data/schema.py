@@ -138,6 +138,11 @@ UNKNOWN_STORE_ID = 0
 LGSR_SPLIT_WEEKS = (80, 95)  # weeks 1-80 train, 81-95 validation, 96-117 test
 SPLIT_FRACTIONS = (0.68, 0.13)  # train, validation; the rest is test
 SPLITS = ("train", "validation", "test")
+# Longest ordinal week span a source may have: about 38 years of weekly data, far beyond any retail log. Every
+# stage walks weeks 1..n_weeks one by one (empty ones included) and the samples and tensor cache store weeks as
+# int16 (at most 32767), so a stray value (week 100000000, a timestamp read as a week number) must be refused
+# before that walk, not spun through.
+MAX_WEEKS = 2000
 MAX_BASKET_ITEMS = 50  # longer baskets are truncated (SPEC 3.6)
 
 # --- customer buckets of the evaluation (SPEC 5): the customer's baskets before this one --------------------

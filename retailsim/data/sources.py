@@ -16,6 +16,9 @@ class InputCounters:
     duplicate_lines: int = 0  # identical basket lines, collapsed to one
     nonpositive_quantity: int = 0  # lines with quantity <= 0, dropped
     unknown_labels: int = 0  # label values outside schema.LABELS, mapped to the unknown label
+    # One basket id on lines of several customers (anonymous lines count as one more) becomes one basket per
+    # customer; this counts the extra baskets so made. Counted by Stage 1 (week_lines), which sees each week once.
+    baskets_split_by_customer: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)

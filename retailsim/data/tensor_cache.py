@@ -15,6 +15,10 @@ fills them one row group (one week) at a time: basket arrays are appended to the
 the stream is scattered into a memory map of its file. Every week touches most customers' slices, so the
 mapped stream's pages (6 bytes per item) count in the resident set up to the stream's size; they are file
 pages, flushed and unmapped every _REMAP_EVERY_ITEMS items, which the kernel can reclaim (not heap).
+
+The Stage 1 files are checked as they are read (``samples_reader``: schema, vocab.json, every id against
+metadata.json's sizes in pass 1), before anything depends on them. The cache is read back through
+``retailsim.data.cache_reader.TensorCache``.
 """
 from __future__ import annotations
 
@@ -26,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from retailsim.data import schema
 from retailsim.data.customer_streams import CustomerStreamBuilder
-from retailsim.data.samples import read_metadata
+from retailsim.data.samples import corrupt_samples_error, read_metadata
+from retailsim.data.samples_reader import check_id_ranges, id_ranges, list_parts, open_samples, read_vocab, row_groups
 
 CACHE_FORMAT_VERSION = 1
 _REMAP_EVERY_ITEMS = 20_000_000  # reopen the stream memory map after this many scattered items
@@ -95,18 +99,6 @@ class _NpyAppender:
         assert written == self.expected, f"{self.path}: wrote {written} bytes, expected {self.expected}"
 
 
-def _row_groups(path: Path, columns: list[str] | None = None):
-    parquet = pq.ParquetFile(path)
-    for index in range(parquet.num_row_groups):
-        yield parquet.read_row_group(index, columns=columns)
-
-
-def _list_parts(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """(lengths int64 [n], flattened values) of a list column."""
-    lengths = pc.list_value_length(column).fill_null(0).to_numpy().astype(np.int64)
-    return lengths, pc.list_flatten(column)
-
-
 def write_tensor_cache(samples: Path, out: Path, *, show_progress: bool = True, use_native: bool | None = None) -> dict:
     """Run Stage 2 from the Stage 1 folder ``samples`` into the (existing, empty) folder ``out``."""
     started = time.perf_counter()
@@ -114,18 +106,20 @@ def write_tensor_cache(samples: Path, out: Path, *, show_progress: bool = True, 
     metadata = read_metadata(samples)
     n_keys = int(metadata["n_customer_keys"])
     files = {split: samples / f"{split}.parquet" for split in schema.SPLITS}
-    n_row_groups = sum(pq.ParquetFile(f).num_row_groups for f in files.values())
+    parquets = {split: open_samples(path) for split, path in files.items()}
+    vocab_arrays = read_vocab(samples / "vocab.json", metadata)
+    n_row_groups = sum(parquet.num_row_groups for parquet in parquets.values())
 
-    # Pass 1: sizes of every array and of each customer's stream slice.
+    # Pass 1: sizes of every array and of each customer's stream slice; every id checked against its range.
     sizes = {split: [0, 0] for split in schema.SPLITS}
     key_items = np.zeros(n_keys, np.int64)
     bar = tqdm(total=n_row_groups, desc="stage 2 pass 1: sizes", unit="week", disable=not show_progress)
     for split, path in files.items():
-        for group in _row_groups(path, ["customer_key", "items"]):
-            lengths, _ = _list_parts(group.column("items"))
+        ranges = id_ranges(metadata, split)
+        for group in row_groups(path, parquets[split], list(ranges)):
+            check_id_ranges(group, ranges, path, sizes[split][0])
+            lengths, _ = list_parts(group.column("items"))
             keys = group.column("customer_key").to_numpy().astype(np.int64)
-            if len(keys) and (keys.min() < 0 or keys.max() >= n_keys):
-                raise ValueError(f"{path}: customer_key outside 0..{n_keys - 1} of metadata.json")
             sizes[split][0] += len(keys)
             sizes[split][1] += int(lengths.sum())
             key_items += np.bincount(keys, weights=lengths, minlength=n_keys).astype(np.int64)
@@ -164,8 +158,8 @@ def write_tensor_cache(samples: Path, out: Path, *, show_progress: bool = True, 
             "basket b's items are item_ids[offsets[b]:offsets[b+1]] (and item_price rows)")
         offsets_writer.write(np.zeros(1, np.int64))
         items_before = 0
-        for group in _row_groups(path):
-            items_before = _write_group(group, writers, offsets_writer, streams, items_before)
+        for group in row_groups(path, parquets[split]):
+            items_before = _write_group(group, writers, offsets_writer, streams, items_before, path)
             bar.update(1)
         for writer in [*writers.values(), offsets_writer]:
             writer.close()
@@ -174,9 +168,8 @@ def write_tensor_cache(samples: Path, out: Path, *, show_progress: bool = True, 
     if not streams.builder.is_complete():
         raise AssertionError("the customer streams were not filled to their sizes")
 
-    vocab = json.loads((samples / "vocab.json").read_text())
     shutil.copyfile(samples / "vocab.json", out / "vocab.json")
-    _write_vocab_arrays(vocab, out, arrays)
+    _write_vocab_arrays(vocab_arrays, out, arrays)
     manifest.update({
         "samples": str(samples.resolve()),
         "samples_metadata": metadata,
@@ -231,8 +224,11 @@ class _StreamFiles:
 
 
 def _write_group(group: pa.Table, writers: dict, offsets_writer: _NpyAppender, streams: _StreamFiles,
-                 items_before: int) -> int:
-    lengths, item_values = _list_parts(group.column("items"))
+                 items_before: int, path: Path) -> int:
+    lengths, item_values = list_parts(group.column("items"))
+    for name in ("item_log_price_rel", "item_promo", "item_has_price"):  # one value per item, or the rows shift
+        if not np.array_equal(list_parts(group.column(name))[0], lengths):
+            raise corrupt_samples_error(path, "a basket's list differs in length from its items", column=name)
     item_ids = item_values.to_numpy().astype(np.int32)
     local_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     keys = group.column("customer_key").to_numpy().astype(np.int64)
@@ -257,15 +253,15 @@ def _write_group(group: pa.Table, writers: dict, offsets_writer: _NpyAppender, s
     return items_before + int(local_offsets[-1])
 
 
-def _write_vocab_arrays(vocab: dict, out: Path, arrays: dict) -> None:
+def _write_vocab_arrays(vocab: dict[str, np.ndarray], out: Path, arrays: dict) -> None:
+    """``vocab``: the checked arrays of ``_read_vocab``."""
     (out / "vocab").mkdir()
-    size = vocab["vocab_size"]
-    median = np.array([np.nan if v is None else v for v in vocab["log_price_median"]], np.float32)
+    size = len(vocab["train_baskets"])
+    median = vocab["log_price_median"]
     entries = {
-        "product_category": (np.stack([np.array(vocab["categories"][c]["ids"], np.int32)
-                                       for c in schema.HIERARCHY_COLUMNS], axis=1),
+        "product_category": (vocab["category_ids"],
                              "hierarchy ids per product id, columns category_1..4 (finest first; names in vocab.json)"),
-        "product_train_baskets": (np.array(vocab["train_baskets"], np.int64),
+        "product_train_baskets": (vocab["train_baskets"].astype(np.int64),
                                   "training baskets holding the product (UNK: all rare products pooled); popularity"),
         "product_log_price_median": (np.nan_to_num(median, nan=0.0), "training median log unit price, 0 without"),
         "product_has_price": (np.isfinite(median).astype(np.int8), "1 when the product has a training median price"),
@@ -274,15 +270,3 @@ def _write_vocab_arrays(vocab: dict, out: Path, arrays: dict) -> None:
         assert len(values) == size
         np.save(out / "vocab" / f"{name}.npy", values)
         arrays[f"vocab/{name}"] = _describe(f"vocab/{name}.npy", str(values.dtype), values.shape, "vocab", meaning)
-
-
-def load_cache(folder: Path, split: str) -> dict[str, np.ndarray]:
-    """Every array of ``split`` plus the shared streams and vocab arrays, memory-mapped (read-only)."""
-    folder = Path(folder)
-    manifest = json.loads((folder / "cache.json").read_text())
-    out = {}
-    for name, entry in manifest["arrays"].items():
-        prefix, short = name.split("/", 1)
-        if prefix in (split, "streams", "vocab"):
-            out[short] = np.load(folder / entry["path"], mmap_mode="r")
-    return out

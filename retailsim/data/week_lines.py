@@ -1,7 +1,10 @@
 """One week of canonical basket lines turned into NumPy arrays that both Stage 1 passes work on.
 
-Baskets are put in time order (weekday, hour, then basket id) and lines of the same product in one basket are
-collapsed into one item (quantities and spends summed): a basket is a set of products.
+A basket is the lines of one basket id and one customer: a basket id shared by several customers (anonymous
+lines being one more "customer") is split into one basket per customer, never merged, and each part keeps the
+source's basket id string (``baskets_split_by_customer`` counts the extra baskets). Baskets are put in time order
+(weekday, hour, then basket id, then customer id with the anonymous part last) and lines of the same product in
+one basket are collapsed into one item (quantities and spends summed): a basket is a set of products.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ class WeekLines:
     item_quantity: np.ndarray  # float64 [n_items], NaN when the source has no quantity
     item_spend: np.ndarray  # float64 [n_items], NaN when the source has no spend
     table: pa.Table
+    baskets_split_by_customer: int = 0  # baskets beyond one per basket id, made by splitting by customer
 
     def basket_strings(self, column: str) -> list | None:
         """Per basket (time order), the value of a string column on its first line; None if absent."""
@@ -84,19 +88,20 @@ def encode_week(week: int, table: pa.Table) -> WeekLines:
         if table.column(name).null_count:
             raise RetailSimInputError(f"column {name} of week {week} has empty values; every line needs one.")
 
-    basket_column = table.column("basket_id").combine_chunks()
-    if pa.types.is_integer(basket_column.type):
-        basket_sort_key, line_basket = np.unique(basket_column.to_numpy(), return_inverse=True)
-        basket_rank = np.arange(len(basket_sort_key))
-        basket_strings = pa.array(basket_sort_key).cast(pa.string())
-    else:
-        encoded = pc.dictionary_encode(basket_column.cast(pa.string()))
-        line_basket = encoded.indices.to_numpy().astype(np.int64)
-        basket_strings = encoded.dictionary
-        basket_rank = np.empty(len(basket_strings), dtype=np.int64)
-        basket_rank[pc.sort_indices(basket_strings).to_numpy()] = np.arange(len(basket_strings))
-    n_baskets = len(basket_strings)
-    _, first_row = np.unique(line_basket, return_index=True)
+    id_strings, line_id, id_rank = _ranked_codes(table.column("basket_id"))
+    _, line_customer, customer_rank = _ranked_codes(table.column("customer_id"))
+    _, id_first_row = np.unique(line_id, return_index=True)
+    if np.array_equal(line_customer, line_customer[id_first_row][line_id]):  # usual case: one customer per id
+        line_basket, first_row, basket_rank = line_id, id_first_row, id_rank
+    else:  # basket = (basket id, customer), ordered by id rank, then customer rank (anonymous last)
+        customer_order = np.append(customer_rank, len(customer_rank))  # the null code ranks last
+        pair_rank = id_rank[line_id] * len(customer_order) + customer_order[line_customer]
+        basket_key, line_basket = np.unique(pair_rank, return_inverse=True)
+        line_basket = line_basket.reshape(-1)
+        basket_rank = np.arange(len(basket_key))  # basket_key is sorted
+        _, first_row = np.unique(line_basket, return_index=True)
+    n_baskets = len(first_row)
+    basket_strings = id_strings.take(pa.array(line_id[first_row]))
     weekday = _int_column(table, "weekday", first_row, week, 0, 6)
     hour = _int_column(table, "hour", first_row, week, 0, 23)
 
@@ -125,4 +130,24 @@ def encode_week(week: int, table: pa.Table) -> WeekLines:
         item_quantity=np.bincount(line_pair, weights=quantity, minlength=len(pairs)),
         item_spend=np.bincount(line_pair, weights=spend, minlength=len(pairs)),
         table=table,
+        baskets_split_by_customer=n_baskets - len(id_strings),
     )
+
+
+def _ranked_codes(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(distinct values as strings, int64 code of each line, sort rank of each distinct value) of an id column.
+
+    Integer ids rank as numbers, others as strings. A null line gets the code len(values) (one past the last)."""
+    column = column.combine_chunks()
+    if pa.types.is_integer(column.type):
+        values = pc.unique(column.drop_null()).sort()
+        codes = pc.index_in(column, value_set=values)
+        rank = np.arange(len(values), dtype=np.int64)
+        values = values.cast(pa.string())
+    else:
+        encoded = pc.dictionary_encode(column.cast(pa.string()))
+        values, codes = encoded.dictionary, encoded.indices
+        rank = np.empty(len(values), dtype=np.int64)
+        rank[pc.sort_indices(values).to_numpy()] = np.arange(len(values))
+    line_codes = codes.fill_null(len(values)).to_numpy(zero_copy_only=False).astype(np.int64)
+    return values, line_codes, rank

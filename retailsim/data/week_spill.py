@@ -4,6 +4,7 @@ Parsing is the slowest part of Stage 1 (CSV text → typed columns), and the tra
 data. Pass 1 writes each canonical training week it reads to an Arrow IPC file (LZ4-compressed, about a
 tenth of the CSV's size) in a scratch folder; pass 2 reads those back, then continues the *same* week stream
 with the validation and test weeks. Memory stays at one week; the source's counters count every line once.
+A week without lines (a gap in the data) writes no file: it is replayed as an empty table of its schema.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ class SpilledWeeks:
         self.train_end = train_end
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._spilled: list[tuple[int, Path]] = []
+        self._spilled: list[tuple[int, Path | None, pa.Schema]] = []  # path None: an empty week
         self._first_later_week: tuple[int, pa.Table] | None = None
 
     def training_weeks(self) -> Iterator[tuple[int, pa.Table]]:
@@ -29,18 +30,23 @@ class SpilledWeeks:
             if week > self.train_end:  # a source without the last training week: hand this one to pass 2
                 self._first_later_week = (week, table)
                 return
-            path = self.folder / f"week_{week:06d}.arrow"
-            options = pa.ipc.IpcWriteOptions(compression="lz4")
-            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
-                writer.write_table(table)
-            self._spilled.append((week, path))
+            path = None
+            if table.num_rows:
+                path = self.folder / f"week_{week:06d}.arrow"
+                options = pa.ipc.IpcWriteOptions(compression="lz4")
+                with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as out:
+                    out.write_table(table)
+            self._spilled.append((week, path, table.schema))
             yield week, table
             if week == self.train_end:
                 return
 
     def all_weeks(self) -> Iterator[tuple[int, pa.Table]]:
         """Every week in order: the spilled training weeks (deleted once read), then the rest of the source."""
-        for week, path in self._spilled:
+        for week, path, schema in self._spilled:
+            if path is None:
+                yield week, schema.empty_table()
+                continue
             with pa.OSFile(str(path), "rb") as handle:
                 table = pa.ipc.open_file(handle).read_all()
             path.unlink()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from retailsim.errors import RetailSimInputError
+from retailsim.errors import RetailSimInputError, first_line
 
 
 def resolve_device(name: str) -> torch.device:
@@ -33,21 +33,33 @@ def load_model(path: Path, cache_dir: Path, device: torch.device | str = "cpu") 
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors come in many types
-        raise RetailSimInputError(f"checkpoint {path} is not a readable RetailSim checkpoint ({error}).") from None
-    if not isinstance(checkpoint, dict) or not {"config", "model_state_dict"} <= set(checkpoint):
+        raise RetailSimInputError(f"checkpoint {path} is not a readable RetailSim checkpoint "
+                                  f"({first_line(error)}).") from None
+    if (not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict)
+            or not isinstance(checkpoint.get("model_state_dict"), dict)):
         raise RetailSimInputError(f"checkpoint {path} is not a RetailSim training checkpoint (no config or "
                                   f"model_state_dict).")
     try:
         config = WorldModelConfig.from_dict(dict(checkpoint["config"]))
-    except (RetailSimInputError, TypeError) as error:
-        raise RetailSimInputError(f"checkpoint {path}: its config cannot build a WorldModel ({error}).") from None
+    except (TypeError, ValueError) as error:
+        raise RetailSimInputError(f"checkpoint {path}: its config cannot build a WorldModel "
+                                  f"({first_line(error)}).") from None
     expected = data_sizes_from_cache(cache_dir)
     wrong = [f"{name} {getattr(config, name)} vs {value}" for name, value in expected.items()
              if getattr(config, name) != value]
     if wrong:
         raise RetailSimInputError(f"checkpoint {path} was trained on another data set than --data {cache_dir} "
                                   f"(checkpoint vs cache: {'; '.join(wrong)}).")
-    model = WorldModel(config)
+    broken = [name for name, value in checkpoint["model_state_dict"].items()
+              if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if broken:
+        raise RetailSimInputError(f"checkpoint {path} holds NaN or Inf weights ({len(broken)} tensors, first "
+                                  f"{broken[0]}); it cannot be evaluated (weights damaged, or training diverged).")
+    try:
+        model = WorldModel(config)
+    except (TypeError, ValueError) as error:  # a config of the right names but wrong types
+        raise RetailSimInputError(f"checkpoint {path}: its config cannot build a WorldModel "
+                                  f"({first_line(error)}).") from None
     try:
         model.load_state_dict(checkpoint["model_state_dict"], strict=True)
     except RuntimeError as error:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from retailsim.data import schema
+from retailsim.errors import RetailSimInputError
 from retailsim.data.batching import DEFAULT_MAX_HISTORY, Batch
 from retailsim.data.loader import make_loader
 from retailsim.eval import baselines as bl
@@ -139,6 +140,11 @@ class Evaluator:
     def evaluate(self, model: torch.nn.Module | None, split: str, *,
                  blend_weights: tuple[float, float, float] | None = None) -> dict:
         """The SPEC 5 result dictionary (without "checkpoint")."""
+        from retailsim.data.cache_reader import TensorCache
+
+        if TensorCache.open(self.cache_dir).n_baskets(split) == 0:
+            raise RetailSimInputError(f"--data {self.cache_dir}: the {split} split has no baskets; nothing to "
+                                      f"evaluate (choose another --split or --split-weeks in prepare-samples).")
         if blend_weights is None:
             blend_weights, validation_mrr = self.tune_blend("validation")
         else:
@@ -174,6 +180,11 @@ class Evaluator:
                 if output is not None:
                     logits = model.slot_scores(output, on_device, rows.to(self.device),
                                                tokens["cols"][part].to(self.device))  # [r, V] on the model's device
+                    if not bool(torch.isfinite(logits.masked_fill(~allowed.to(logits.device), 0.0)).all()):
+                        # a NaN ranks first under every comparison: it would score as a perfect model
+                        raise RetailSimInputError(
+                            "the model's scores hold NaN or Inf on this data; its checkpoint cannot be evaluated "
+                            "(weights damaged, or training diverged).")
                     results["model"].add(score_tokens(logits, allowed.to(logits.device), targets.to(logits.device),
                                                       rows.to(logits.device)))
         repeat, bucket = torch.cat(repeat), torch.cat(bucket)

@@ -21,8 +21,12 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_bytes(text.encode() if isinstance(text, str) else text)
-    os.replace(temporary, path)
+    try:
+        temporary.write_bytes(text.encode() if isinstance(text, str) else text)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
 
 
 def _columns(results: dict) -> dict[str, dict]:

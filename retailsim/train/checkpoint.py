@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retailsim.errors import RetailSimInputError
+from retailsim.errors import RetailSimInputError, first_line
 
 REQUIRED_KEYS = ("epoch", "global_step", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
                  "best_val_loss", "config", "rng_state")
@@ -97,8 +97,16 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # unpickling errors come in many types
-        raise RetailSimInputError(f"--resume {path}: not a readable RetailSim checkpoint ({error}).") from None
+        raise RetailSimInputError(f"--resume {path}: not a readable RetailSim checkpoint ({first_line(error)}).") from None
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
         raise RetailSimInputError(f"--resume {path}: not a RetailSim training checkpoint (expected the keys "
                                   f"{', '.join(REQUIRED_KEYS)}).")
+    kinds = {"epoch": int, "global_step": int, "best_val_loss": (int, float), "config": dict,
+             "model_state_dict": dict, "optimizer_state_dict": dict, "scheduler_state_dict": dict, "rng_state": dict}
+    wrong = [key for key, kind in kinds.items() if not isinstance(checkpoint[key], kind)]
+    if not isinstance(checkpoint.get("train_config", {}), dict):
+        wrong.append("train_config")
+    if wrong:
+        raise RetailSimInputError(f"--resume {path}: {', '.join(wrong)} of the checkpoint has the wrong type; it "
+                                  f"was not written by this trainer.")
     return checkpoint

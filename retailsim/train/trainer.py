@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,15 +27,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from retailsim.data.atomic_output import check_not_overlapping, output_lock
 from retailsim.data.cache_reader import TensorCache
 from retailsim.data.loader import make_loader, set_epoch
-from retailsim.errors import RetailSimInputError
+from retailsim.errors import RetailSimInputError, first_line
 from retailsim.train import checkpoint as ckpt
 from retailsim.train.loss import COMPONENTS, WorldModelLoss
 from retailsim.train.schedule import make_scheduler, phase_of
 
 PRESET_NAMES = ("tiny", "small", "default")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# Settings a resumed run must share with the checkpoint's run: they fix the schedule, the batches, the masks and
+# what "a better validation loss" compares; the others (max_steps, patience, workers, logging, out) may change.
+RESUME_SETTINGS = ("preset", "epochs", "batch_size", "lr", "weight_decay", "clip", "grad_accum", "seed", "val_batches")
+RUN_FILES = ("metrics.jsonl", "best_model.pt", "tensorboard")  # plus checkpoint_epoch_*.pt; what --overwrite removes
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,10 +67,14 @@ class TrainConfig:
     log_every: int = 50
     gradient_checkpointing: bool = False
     progress: bool = True
+    overwrite: bool = False  # replace an earlier run's files in ``out`` (else a non-empty ``out`` needs a resume)
 
     def validate(self) -> "TrainConfig":
         self.data, self.out = Path(self.data), Path(self.out)
         TensorCache.open(self.data, "--data")  # a missing or damaged cache is one sentence, before any work
+        check_not_overlapping(self.out, [("--data", self.data)])
+        if self.out.exists() and not self.out.is_dir():
+            raise RetailSimInputError(f"--out {self.out} is an existing file; expected a folder for the run.")
         if self.preset not in PRESET_NAMES:
             raise RetailSimInputError(f"--preset must be one of {', '.join(PRESET_NAMES)}, got {self.preset!r}.")
         if self.device not in DEVICES:
@@ -150,13 +160,24 @@ class Trainer:
     """``Trainer(config).run()``; ``model_factory(preset, data, gradient_checkpointing, config_dict)`` builds
     the model (tests may pass another one honouring the WorldModelOutput contract)."""
 
-    def __init__(self, config: TrainConfig, resume: Path | None = None, model_factory=build_world_model) -> None:
+    def __init__(self, config: TrainConfig, resume: Path | None = None, model_factory=build_world_model,
+                 resume_state: dict | None = None) -> None:
         self.config = config.validate()
         self.resume = Path(resume) if resume is not None else None
         self.model_factory = model_factory
-        self.resume_state = ckpt.load_checkpoint(self.resume) if self.resume is not None else None
+        self.resume_state = resume_state
+        if self.resume is not None and resume_state is None:
+            self.resume_state = ckpt.load_checkpoint(self.resume)
+        if int(os.environ.get("RANK", "0")) == 0:
+            with output_lock(self.config.out):  # another trainer on this --out is refused before any work
+                pass
+        if self.resume_state is not None:
+            check_resume(self.resume, self.resume_state, self.config)
+        elif not self.config.overwrite:
+            refuse_earlier_run(self.config.out)
         self.writer = None
         self.metrics_file = None
+        self._claim = contextlib.ExitStack()
 
     # ------------------------------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -173,10 +194,16 @@ class Trainer:
             torch.cuda.set_device(self.device)
         torch.manual_seed(cfg.seed)
         state = self.resume_state
-        self.model = self.model_factory(cfg.preset, cfg.data, cfg.gradient_checkpointing,
-                                        None if state is None else state["config"]).to(self.device)
-        if state is not None:
-            self.model.load_state_dict(state["model_state_dict"])
+        try:
+            self.model = self.model_factory(cfg.preset, cfg.data, cfg.gradient_checkpointing,
+                                            None if state is None else state["config"]).to(self.device)
+            if state is not None:
+                self.model.load_state_dict(state["model_state_dict"])
+        except (TypeError, ValueError, RuntimeError, AttributeError) as error:
+            if state is None:
+                raise
+            raise RetailSimInputError(f"--resume {self.resume}: its config and weights cannot rebuild the model "
+                                      f"({first_line(error)}).") from None
         self.step_module = TrainStep(self.model, WorldModelLoss())
         self.train_module = wrap_distributed(self.step_module, self.device) if self.distributed else self.step_module
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr,
@@ -196,7 +223,7 @@ class Trainer:
             self.best_val_loss = float(state["best_val_loss"])
             self.epochs_since_best = int(state.get("epochs_since_best", 0))
         if self.is_main:
-            cfg.out.mkdir(parents=True, exist_ok=True)
+            self.claim_output(state)
             self.metrics_file = open(cfg.out / "metrics.jsonl", "a" if state is not None else "w")
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -206,6 +233,26 @@ class Trainer:
                 self.writer = None
         if state is not None:  # last: everything above may draw random numbers
             ckpt.restore_rng_state(state["rng_state"])
+
+    def claim_output(self, state: dict | None) -> None:
+        """Lock ``out`` for this run (a second trainer on it is refused), then clear an earlier run under
+        ``overwrite``, or, resuming, keep the metrics log up to the checkpoint (no record twice)."""
+        out = self.config.out
+        self._claim.enter_context(output_lock(out))
+        out.mkdir(parents=True, exist_ok=True)
+        if state is None:
+            if not self.config.overwrite:
+                refuse_earlier_run(out)  # again, now that we hold the claim
+            for path in earlier_run_files(out):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            return
+        log = out / "metrics.jsonl"
+        if log.is_file():
+            kept = [line for line in log.read_text().splitlines()
+                    if line.strip() and _record_before(line, int(state["epoch"]), int(state["global_step"]))]
+            temporary = log.with_name(f".{log.name}.tmp-{os.getpid()}")
+            temporary.write_text("".join(line + "\n" for line in kept))
+            os.replace(temporary, log)
 
     def train_loader(self, mask_rate: float):
         if ("train", mask_rate) not in self._loaders:
@@ -256,10 +303,14 @@ class Trainer:
             phase = phase_of(epoch, cfg.epochs)
             record = self.train_epoch(epoch, phase)
             val_loss = self.validate(epoch)
-            if val_loss is None:  # no validation batch (tiny split or many ranks): judge by training
-                val_loss = record["train_loss"]
-                record["val_loss_from"] = "train"
             record["val_loss"] = val_loss
+            if val_loss is None:  # no validation batch (empty split, or many ranks): judge by training
+                record["selected_by"] = "train_loss"
+                val_loss = record["train_loss"]
+            elif not math.isfinite(val_loss):
+                raise NonFiniteLossError(
+                    f"the validation loss of epoch {epoch} is {val_loss}; no checkpoint was written for this epoch "
+                    f"and the last one in {cfg.out} is intact (try a lower --lr).")
             improved = val_loss < self.best_val_loss
             if improved:
                 self.best_val_loss, self.epochs_since_best = val_loss, 0
@@ -386,7 +437,8 @@ class Trainer:
             "best_val_loss": float(self.best_val_loss),
             "config": ckpt.plain(self.model.config),
             "rng_state": ckpt.capture_rng_state(),
-            "train_config": ckpt.plain(asdict(self.config)),
+            "train_config": {**ckpt.plain(asdict(self.config)),
+                             "data_fingerprint": TensorCache.open(self.config.data).fingerprint()},
             "epochs_since_best": self.epochs_since_best,
         }
 
@@ -400,6 +452,7 @@ class Trainer:
             dist.barrier()
 
     def cleanup(self) -> None:
+        self._claim.close()
         if self.metrics_file is not None:
             self.metrics_file.close()
             self.metrics_file = None
@@ -408,3 +461,59 @@ class Trainer:
             self.writer = None
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def earlier_run_files(out: Path) -> list[Path]:
+    """The files of an earlier training run in ``out`` (what ``--overwrite`` removes)."""
+    if not out.is_dir():
+        return []
+    named = [out / name for name in RUN_FILES if (out / name).exists()]
+    return named + sorted(out.glob("checkpoint_epoch_*.pt")) + sorted(out.glob(".*.tmp-*"))
+
+
+def refuse_earlier_run(out: Path) -> None:
+    earlier = earlier_run_files(out)
+    if earlier:
+        raise RetailSimInputError(
+            f"--out {out} holds an earlier run ({', '.join(p.name for p in earlier[:3])}); pass --resume "
+            f"{out}/checkpoint_epoch_N.pt to continue it, --overwrite to replace it, or choose another folder.")
+
+
+def _record_before(line: str, epoch: int, global_step: int) -> bool:
+    """Whether a metrics.jsonl line was logged before the checkpoint (epoch, global_step) was written."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False  # a line cut by a kill
+    if record.get("kind") == "epoch":
+        return int(record.get("epoch", 0)) <= epoch
+    return int(record.get("global_step", 0)) <= global_step
+
+
+def check_resume(path: Path, state: dict, config: TrainConfig) -> None:
+    """A resumed run continues the checkpoint's run: same settings, same data, epochs left to train."""
+    saved = state.get("train_config") or {}
+    differ = [f"{name} {saved[name]!r} -> {getattr(config, name)!r}" for name in RESUME_SETTINGS
+              if name in saved and saved[name] != getattr(config, name)]
+    if differ:
+        raise RetailSimInputError(
+            f"--resume {path} continues a run with other settings ({'; '.join(differ)}); resume with the "
+            f"checkpoint's settings (train takes them from the checkpoint when they are not given) or start a new run.")
+    if config.overwrite:
+        raise RetailSimInputError("--resume and --overwrite together would delete the run being continued; "
+                                  "choose one.")
+    if int(state["epoch"]) >= config.epochs:
+        raise RetailSimInputError(f"--resume {path}: that run already finished its {config.epochs} epochs; nothing "
+                                  f"is left to train (start a new run to train longer).")
+    from retailsim.model import data_sizes_from_cache
+
+    sizes = data_sizes_from_cache(config.data)
+    model_config = state.get("config") or {}
+    wrong = [f"{name} {model_config.get(name)} vs {value}" for name, value in sizes.items()
+             if model_config.get(name) != value]
+    fingerprint = TensorCache.open(config.data).fingerprint()
+    if saved.get("data_fingerprint") not in (None, fingerprint):
+        wrong.append("another input fingerprint")
+    if wrong:
+        raise RetailSimInputError(f"--resume {path} was trained on another data set than --data {config.data} "
+                                  f"(checkpoint vs cache: {'; '.join(wrong)}).")

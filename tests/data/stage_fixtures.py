@@ -115,3 +115,29 @@ def write_lgsr_folder(folder, lines=HAND_LINES) -> None:
                     "CL30", "CL40", customer, "LA" if customer else "", "YA" if customer else "", basket,
                     "S", "MM", "Top Up", "Fresh", store, "LS", "E01",
                 ])
+
+
+# --- bad-input checks shared by the guard tests --------------------------------------------------------------
+
+
+def assert_one_line_error(stderr: str, *fragments: str) -> None:
+    """The CLI printed one error line (no traceback) holding every fragment."""
+    assert stderr.count("\n") == 1 and stderr.startswith("error: ") and "Traceback" not in stderr, stderr
+    for fragment in fragments:
+        assert fragment in stderr, (fragment, stderr)
+
+
+def corrupt_file(path, how: str) -> None:
+    """Damage a file in place: "truncated" (first half kept), "empty" (0 bytes), "flipped" (every byte but
+    the first and last 8 inverted: header, pages and footer metadata garbled), "not-parquet" (CSV text)."""
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "flipped":
+        path.write_bytes(data[:8] + bytes(b ^ 0xFF for b in data[8:-8]) + data[-8:])
+    elif how == "not-parquet":
+        path.write_text("basket_id,customer_id,product_id,week\n1,a,x,1\n")
+    else:
+        raise ValueError(how)

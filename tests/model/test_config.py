@@ -80,11 +80,11 @@ def test_mission_conditioning_turns_its_head_off():
 
 
 def test_data_sizes_from_cache_cover_every_id_of_every_split(model_cache, data_sizes):
-    from retailsim.data.tensor_cache import load_cache
+    from retailsim.data.cache_reader import TensorCache
 
     assert set(data_sizes) == {"vocab_size", "category_sizes", "n_stores", "n_store_regions"}
     for split in schema.SPLITS:
-        arrays = load_cache(model_cache, split)
+        arrays = TensorCache.open(model_cache).split_arrays(split)
         assert data_sizes["vocab_size"] == len(arrays["product_category"])
         assert (np.asarray(arrays["product_category"]).max(0) < data_sizes["category_sizes"]).all()
         assert np.asarray(arrays["store_id"]).max() < data_sizes["n_stores"]

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from retailsim.data.readers import timekeys, validation
-from retailsim.data.schema import CANONICAL_COLUMNS, UNKNOWN_LABEL
+from retailsim.data.schema import CANONICAL_COLUMNS, MAX_WEEKS, UNKNOWN_LABEL
 from retailsim.data.sources import InputCounters
 from retailsim.errors import RetailSimInputError
 
@@ -60,6 +60,11 @@ def lifestage(age: str | None, household_comp: str | None, kids_count: Any = Non
     if kids:
         return "YF" if under_45 else "OF"
     return "YA" if under_35 else "OA"
+
+
+def read_parquet_table(path: Path) -> pa.Table:
+    with validation.reading(path, "Parquet"):
+        return pq.read_table(path)
 
 
 def as_arrow(table: Any, what: str) -> pa.Table:
@@ -109,9 +114,9 @@ class CompleteJourneySource:
             if not file.is_file():
                 raise validation.input_error(file, "this Complete Journey table is missing")
         demographics = folder / "demographics.parquet"
-        tables = [pq.read_table(file) for file in files]
+        tables = [read_parquet_table(file) for file in files]
         has_demographics = demographics.is_file()
-        return cls(tables[0], tables[1], pq.read_table(demographics) if has_demographics else None,
+        return cls(tables[0], tables[1], read_parquet_table(demographics) if has_demographics else None,
                    origin=str(folder), files=tuple(files) + ((demographics,) if has_demographics else ()))
 
     # --- building the canonical lines -----------------------------------------------------------------------
@@ -144,14 +149,20 @@ class CompleteJourneySource:
             lines = lines.append_column("weekday", pc.cast(pc.day_of_week(stamps), pa.int64()))
             lines = lines.append_column("hour", pc.cast(pc.hour(stamps), pa.int64()))
         if "week" in transactions.column_names:
+            dates = timekeys.date_time_example(transactions.column("week"))
+            if dates is not None:
+                raise validation.input_error(where, f"the week column holds date-times ({dates}), not week numbers",
+                                             column="week")
             weeks = validation.cast_numeric(transactions.column("week"), "int", where, "week")
             validation.check_not_null(pa.table({"week": weeks}), ("week",), where, {})
             weeks = pc.add(pc.subtract(weeks, pc.min(weeks)), 1)
+            self._check_week_span(where, "week", weeks, transactions.column("week"))
         else:
             validation.check_not_null(pa.table({"transaction_timestamp": stamps}), ("transaction_timestamp",),
                                       where, {})
             mondays = timekeys.monday_day_numbers(stamps)
             weeks = pa.array((mondays - mondays.min()) // 7 + 1)
+            self._check_week_span(where, "transaction_timestamp", weeks, stamps)
         lines = lines.append_column("week", weeks)
         lines = lines.append_column("__row", pa.array(np.arange(lines.num_rows)))
         lines = lines.join(self._product_hierarchy(products), "product_id", use_threads=False)
@@ -160,6 +171,18 @@ class CompleteJourneySource:
         # Joins reorder rows: back to week order, input order within a week.
         lines = lines.take(pc.sort_indices(lines, [("week", "ascending"), ("__row", "ascending")]))
         return lines.drop_columns(["__row"])
+
+    @staticmethod
+    def _check_week_span(where: str, column: str, weeks, source_values) -> None:
+        """Ordinal weeks over MAX_WEEKS name the far-out line (before any per-week work)."""
+        ordinals = np.asarray(weeks.to_numpy(), np.int64)
+        n_weeks = int(ordinals.max())
+        if n_weeks > MAX_WEEKS:
+            extreme, other = validation.extreme_positions(ordinals)
+            what = "week" if column == "week" else "time"
+            raise validation.week_span_error(
+                where, column, f"{what} {source_values[extreme].as_py()}", f"{what} {source_values[other].as_py()}",
+                n_weeks, row=extreme + 1)
 
     def _product_hierarchy(self, products: pa.Table) -> pa.Table:
         where = self._labels["products"]

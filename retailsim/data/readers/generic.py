@@ -14,10 +14,14 @@ once, when its first week comes, and lets it go after its last week. Memory is t
 whose week range covers the current week: one or two row groups for time-ordered Parquet or per-period CSV
 files; the whole input (as typed Arrow columns, not text) for one unsorted CSV, unsorted Parquet or an
 order-number sequence, whose weeks are all interleaved.
+
+Opening the source also bounds the work: the ordinal weeks may span at most ``schema.MAX_WEEKS``, checked as
+soon as the week index is known, so a stray value (week 100000000) is an error naming its file and row, not
+a walk through millions of empty weeks. A ``week`` column of date-times is refused with a pointer to
+``--map timestamp=COLUMN``.
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -29,7 +33,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from retailsim.data.readers import timekeys, validation
-from retailsim.data.schema import CANONICAL_COLUMNS, COLUMNS_BY_NAME, SOURCE_TIME_COLUMNS
+from retailsim.data.schema import CANONICAL_COLUMNS, COLUMNS_BY_NAME, MAX_WEEKS, SOURCE_TIME_COLUMNS
 from retailsim.data.sources import InputCounters
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2")
@@ -70,14 +74,17 @@ def discover_files(path: Path) -> list[Path]:
     return files
 
 
+def parquet_file(path: Path) -> pq.ParquetFile:
+    with validation.reading(path, "Parquet"):
+        return pq.ParquetFile(path)
+
+
 def source_columns(path: Path) -> tuple[str, ...]:
     if _is_parquet(path):
-        return tuple(pq.ParquetFile(path).schema_arrow.names)
+        return tuple(parquet_file(path).schema_arrow.names)
     if path.stat().st_size == 0:
         raise validation.input_error(path, "the file is empty (expected a header row and transaction lines)")
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
-        header = next(csv.reader(handle), [])
-    header = tuple(name.strip() for name in header)
+    header = validation.csv_header(path)
     if not any(header):
         raise validation.input_error(path, "the file is empty (expected a header row and transaction lines)")
     return header
@@ -115,13 +122,14 @@ class GenericSource:
         first = self.files[0]
         available = source_columns(first)
         sources: dict[str, str] = {}
+        mapped = set(self.mapping.values())  # a column named by --map is read as what --map says, nothing else
         for name in tuple(COLUMNS_BY_NAME) + SOURCE_TIME_COLUMNS:
             if name in self.mapping:
                 if self.mapping[name] not in available:
                     raise validation.input_error(first, f"the column mapped to {name} by --map is not in the file",
                                                  column=self.mapping[name])
                 sources[name] = self.mapping[name]
-            elif name in available:
+            elif name in available and name not in mapped:
                 sources[name] = name
         for name in _IDENTIFIERS:
             if name not in sources:
@@ -145,7 +153,7 @@ class GenericSource:
             if _is_csv(path):
                 chunks.append(Chunk(path, None, 0))
                 continue
-            metadata = pq.ParquetFile(path).metadata
+            metadata = parquet_file(path).metadata
             if metadata.num_rows == 0:
                 raise validation.input_error(path, "the file has no rows")
             offset = 0
@@ -155,14 +163,26 @@ class GenericSource:
         return chunks
 
     def _index_weeks(self) -> None:
-        """Read the time columns of every chunk to learn each chunk's week range (and n_weeks)."""
+        """Read the time columns of every chunk to learn each chunk's week range (and n_weeks); a span over
+        MAX_WEEKS is refused here, before any per-week work."""
         if self.time_mode == "week":
             uniques = []
             for chunk in self.chunks:
                 weeks = self._read(chunk, ["week"]).column("week")
                 uniques.append(pc.unique(weeks).to_numpy())
                 chunk.first_week, chunk.last_week = (int(v) for v in pc.min_max(weeks).values())
-            self._week_lookup = timekeys.week_numbers_to_ordinals(np.unique(np.concatenate(uniques)))
+            values = np.unique(np.concatenate(uniques))
+            first, last = int(values[0]), int(values[-1])
+            # The lookup is built over distinct values: fewer than MAX_WEEKS of them, or YYYYWW codes (a bounded
+            # range); anything wider cannot fit and is refused without building it.
+            if last - first < MAX_WEEKS or (first >= 190001 and last <= 220053):
+                self._week_lookup = timekeys.week_numbers_to_ordinals(values)
+                n_weeks = max(self._week_lookup.values())
+            else:
+                n_weeks = last - first + 1
+            if n_weeks > MAX_WEEKS:
+                raise self._week_span_error("week", lambda weeks: weeks.to_numpy(), n_weeks,
+                                            "; expected ordinal week numbers or YYYYWW codes")
             for chunk in self.chunks:
                 chunk.first_week, chunk.last_week = (self._week_lookup[chunk.first_week],
                                                      self._week_lookup[chunk.last_week])
@@ -171,14 +191,45 @@ class GenericSource:
                 mondays = timekeys.monday_day_numbers(self._read(chunk, ["timestamp"]).column("timestamp"))
                 chunk.first_week, chunk.last_week = int(mondays.min()), int(mondays.max())
             self._first_monday = min(chunk.first_week for chunk in self.chunks)
+            n_weeks = (max(chunk.last_week for chunk in self.chunks) - self._first_monday) // 7 + 1
+            if n_weeks > MAX_WEEKS:
+                raise self._week_span_error("timestamp", timekeys.monday_day_numbers, n_weeks)
             for chunk in self.chunks:
                 chunk.first_week = (chunk.first_week - self._first_monday) // 7 + 1
                 chunk.last_week = (chunk.last_week - self._first_monday) // 7 + 1
         else:
             self._order_weeks = self._order_index()
+            n_weeks = int(pc.max(self._order_weeks.column("week")).as_py())
+            if n_weeks > MAX_WEEKS:
+                longest = self._order_weeks.column("sequence")[int(np.argmax(self._order_weeks.column("week")))]
+                time = "days_since_prior_order" if "days_since_prior_order" in self.sources else "order_number"
+                raise validation.input_error(
+                    self.path, f"the orders of customer {longest.as_py()!r} span {n_weeks:,} weeks, more than the "
+                    f"{MAX_WEEKS:,} weeks (about 38 years) one data set may cover", column=self.sources[time])
             for chunk in self.chunks:  # order sequences interleave all weeks: every chunk stays open
-                chunk.first_week, chunk.last_week = 1, int(pc.max(self._order_weeks.column("week")).as_py())
+                chunk.first_week, chunk.last_week = 1, n_weeks
         self._n_weeks = max(chunk.last_week for chunk in self.chunks)
+
+    def _week_span_error(self, name: str, keys_of, n_weeks: int, hint: str = ""):
+        """The error for a time column spanning ``n_weeks`` > MAX_WEEKS: the value at the end farther from the
+        median (``keys_of`` maps a column to comparable week keys), with its file and row. Error path only: it
+        reads the time column of every chunk again."""
+        parts = [(chunk, self._read(chunk, [name]).column(name)) for chunk in self.chunks]
+        keys = np.concatenate([np.asarray(keys_of(values), np.int64) for _, values in parts])
+        starts = np.cumsum([0] + [len(values) for _, values in parts])
+
+        def locate(position: int) -> tuple[Chunk, int, object]:
+            part = int(np.searchsorted(starts, position, side="right")) - 1
+            chunk, values = parts[part]
+            return chunk, position - int(starts[part]), values[position - int(starts[part])].as_py()
+
+        extreme, other = validation.extreme_positions(keys)
+        chunk, index, value = locate(extreme)
+        row = chunk.row_offset + index + 1
+        what = "week" if name == "week" else "time"
+        return validation.week_span_error(
+            chunk.path, self.sources[name], f"{what} {value}", f"{what} {locate(other)[2]}", n_weeks, row=row,
+            line=row + chunk.header_lines if chunk.header_lines else None, hint=hint)
 
     def _order_index(self) -> pa.Table:
         """(sequence key, order_number) -> week. Anonymous baskets are one-order sequences of their own."""
@@ -207,21 +258,29 @@ class GenericSource:
         sources = [self.sources[name] for name in names]
         unique_sources = list(dict.fromkeys(sources))
         if chunk.row_group is None:
-            try:
-                raw = pacsv.read_csv(chunk.path, convert_options=pacsv.ConvertOptions(
-                    column_types={source: pa.string() for source in unique_sources}, include_columns=unique_sources,
-                    null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True))
-            except pa.ArrowInvalid as error:
-                raise validation.csv_parse_error(chunk.path, error, len(source_columns(chunk.path))) from None
+            with validation.reading(chunk.path, "CSV"):
+                try:
+                    raw = pacsv.read_csv(chunk.path, convert_options=pacsv.ConvertOptions(
+                        column_types={source: pa.string() for source in unique_sources},
+                        include_columns=unique_sources, null_values=[""], strings_can_be_null=True,
+                        quoted_strings_can_be_null=True))
+                except pa.ArrowInvalid as error:
+                    raise validation.csv_parse_error(chunk.path, error, len(source_columns(chunk.path))) from None
             if raw.num_rows == 0:
                 raise validation.input_error(chunk.path, "the file has a header but no transaction lines")
         else:
-            raw = pq.ParquetFile(chunk.path).read_row_group(chunk.row_group, columns=unique_sources)
+            with validation.reading(chunk.path, "Parquet"):
+                raw = pq.ParquetFile(chunk.path).read_row_group(chunk.row_group, columns=unique_sources)
         where = dict(header_lines=chunk.header_lines, row_offset=chunk.row_offset)
         columns = {}
         for name, source in zip(names, sources):
             values = raw.column(source)
             kind = _TIME_KINDS.get(name) or COLUMNS_BY_NAME[name].kind
+            dates = timekeys.date_time_example(values) if name == "week" else None
+            if dates is not None:
+                raise validation.input_error(
+                    chunk.path, f"the week column holds date-times ({dates}), not week numbers; read it as the "
+                    f"time of each line with --map timestamp={source}", column=source)
             if kind == "timestamp":
                 values = timekeys.to_timestamp(values, chunk.path, source, **where)
             elif kind == "str":
@@ -236,6 +295,9 @@ class GenericSource:
             validation.check_range(table.column("weekday"), 0, 6, chunk.path, self.sources["weekday"], **where)
         if "hour" in names:
             validation.check_range(table.column("hour"), 0, 23, chunk.path, self.sources["hour"], **where)
+        if "days_since_prior_order" in names:  # a negative gap would put orders before week 1, out of the data
+            validation.check_range(pc.fill_null(table.column("days_since_prior_order"), 0.0), 0, 7 * MAX_WEEKS,
+                                   chunk.path, self.sources["days_since_prior_order"], **where)
         return table
 
     def _read_canonical(self, chunk: Chunk) -> pa.Table:

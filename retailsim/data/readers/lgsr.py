@@ -31,14 +31,6 @@ def lgsr_weekday_to_canonical(shop_weekday: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.cast(pc.remainder(pc.add(shop_weekday, 5), 7), pa.int64())
 
 
-def read_header(path: Path) -> tuple[str, ...]:
-    with open(path, "r", encoding="utf-8-sig", errors="replace", newline="") as handle:
-        first_line = handle.readline()
-    if not first_line:
-        return ()
-    return tuple(field.strip().strip('"').strip() for field in first_line.rstrip("\r\n").split(","))
-
-
 class LGSRSource:
     """A TransactionSource over an LGSR folder."""
 
@@ -56,10 +48,13 @@ class LGSRSource:
             match = WEEK_FILE_PATTERN.match(path.name)
             if match is None:
                 raise validation.input_error(path, "an LGSR week file must be named transactions_YYYYWW.csv")
+            if not path.is_file():
+                found = "a folder" if path.is_dir() else "not a regular file"
+                raise validation.input_error(path, f"expected an LGSR week file, found {found}")
             files[int(match.group(1))] = path
         self.week_codes = tuple(sorted(files))
         self.files = tuple(files[code] for code in self.week_codes)
-        self.header = read_header(self.files[0])
+        self.header = validation.csv_header(self.files[0])
         if not self.header or self.header == ("",):
             raise validation.input_error(self.files[0], "the file is empty (expected a header row and basket lines)")
         validation.require_columns(self.header, LGSR_COLUMNS, self.files[0], what="LGSR column")
@@ -77,7 +72,7 @@ class LGSRSource:
             yield ordinal, self.read_week(ordinal, code, path)
 
     def read_week(self, ordinal: int, code: int, path: Path) -> pa.Table:
-        header = read_header(path)
+        header = validation.csv_header(path)
         if not header or header == ("",):
             raise validation.input_error(path, "the file is empty (expected a header row and basket lines)")
         if header != self.header:
@@ -108,20 +103,25 @@ class LGSRSource:
         convert_options = pacsv.ConvertOptions(
             column_types=_COLUMN_TYPES, include_columns=list(LGSR_COLUMNS), null_values=[""],
             strings_can_be_null=True, quoted_strings_can_be_null=True)
-        try:
-            return pacsv.read_csv(path, read_options=read_options, convert_options=convert_options)
-        except pa.ArrowInvalid as error:
-            if "conversion error" not in str(error):
-                raise validation.csv_parse_error(path, error, len(self.header)) from None
-        # Slow path, only on bad input: read the numeric columns as text and name the first bad value.
-        text_types = {name: pa.string() for name in _COLUMN_TYPES}
-        raw = pacsv.read_csv(path, read_options=read_options, convert_options=pacsv.ConvertOptions(
-            column_types=text_types, include_columns=list(_NUMERIC_TYPES), null_values=[""], strings_can_be_null=True))
+        with validation.reading(path, "CSV"):
+            try:
+                return pacsv.read_csv(path, read_options=read_options, convert_options=convert_options)
+            except pa.ArrowInvalid as error:
+                if "conversion error" not in str(error) or "UTF8" in str(error):
+                    raise validation.csv_parse_error(path, error, len(self.header)) from None
+                conversion_error = error
+            # Slow path, only on bad input: read the numeric columns as text and name the first bad value.
+            text_types = {name: pa.string() for name in _COLUMN_TYPES}
+            raw = pacsv.read_csv(path, read_options=read_options, convert_options=pacsv.ConvertOptions(
+                column_types=text_types, include_columns=list(_NUMERIC_TYPES), null_values=[""],
+                strings_can_be_null=True))
         first_bad = []
         for name, kind in _NUMERIC_TYPES.items():
             bad = validation.first_bad_number(raw.column(name), kind)
             if bad is not None:
                 first_bad.append((bad, name, kind))
+        if not first_bad:  # pyarrow's conversion error lay elsewhere: let the slow line-by-line path name it
+            raise validation.csv_parse_error(path, conversion_error, len(self.header))
         bad, name, kind = min(first_bad)
         raise validation.input_error(path, f"expected {'an integer' if kind == 'int' else 'a number'}, got "
                                      f"{raw.column(name)[bad].as_py()!r}", column=name, row=bad + 1, line=bad + 2)

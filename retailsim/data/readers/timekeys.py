@@ -47,6 +47,28 @@ def to_timestamp(values: pa.ChunkedArray | pa.Array, file: str | os.PathLike, co
     raise validation.input_error(file, f"expected date-times, found values of type {kind}", column=column)
 
 
+def date_time_example(values: pa.ChunkedArray | pa.Array) -> str | None:
+    """How a column of date-times shows (its type, or its first value when that is an ISO date-time string),
+    or None when the column holds something else (numbers, say). Used to tell a week column that is a date."""
+    kind = values.type
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        return str(kind)
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        return None
+    present = pc.drop_null(values)
+    first = present[0].as_py().strip() if len(present) else ""
+    try:
+        float(first)
+        return None
+    except ValueError:
+        pass
+    try:
+        dt.datetime.fromisoformat(first)
+    except ValueError:
+        return None
+    return f"like {first!r}"
+
+
 def monday_day_numbers(timestamps: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Days since 1970-01-01 of the Monday starting each timestamp's ISO week."""
     days = pc.cast(pc.cast(timestamps, pa.date32()), pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)

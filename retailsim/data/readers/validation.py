@@ -3,20 +3,29 @@
 Errors the user can cause become one ``RetailSimInputError`` sentence naming the file, the row (where known) and
 the column. What is tolerated is repaired and counted in ``InputCounters``: lines with quantity <= 0 are dropped,
 identical duplicate lines are collapsed to one, label values outside ``schema.LABELS`` become the unknown label.
+
+Every file is opened and read inside ``reading(path, kind)``: whatever the file system or the format library
+raises on a file that is truncated, corrupt, not of its kind, not UTF-8 or a folder becomes that one sentence.
 """
 from __future__ import annotations
 
+import bz2
+import contextlib
 import csv
+import gzip
 import hashlib
+import io
+import json
 import os
+import zlib
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import IO, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from retailsim.data.schema import CANONICAL_COLUMNS, LABELS, UNKNOWN_LABEL
+from retailsim.data.schema import CANONICAL_COLUMNS, LABELS, MAX_WEEKS, UNKNOWN_LABEL
 from retailsim.data.sources import InputCounters
 from retailsim.errors import RetailSimInputError
 
@@ -24,6 +33,12 @@ ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
 # Lines are "identical" when every canonical column agrees; these columns are checked first because two lines
 # that differ in any of them cannot be duplicates, which spares the full comparison on most weeks.
 _DUPLICATE_PREFILTER = ("basket_id", "product_id", "quantity", "spend")
+# What reading a bad file raises: OSError (also pyarrow's ArrowIOError, a folder, a bad gzip), EOFError (a
+# truncated gzip/bz2), zlib.error, pyarrow's ArrowException (ArrowInvalid: not Parquet, truncated, bad thrift),
+# UnicodeDecodeError (not UTF-8), json.JSONDecodeError.
+_READ_FAILURES = (OSError, EOFError, zlib.error, pa.ArrowException, UnicodeDecodeError, json.JSONDecodeError)
+_TEXT_OPENERS = {".gz": gzip.open, ".bz2": bz2.open}
+_MAX_HEADER_CHARS = 1 << 20  # a header line longer than this is not a CSV header
 
 
 def canonical_schema(columns: Iterable[str]) -> pa.Schema:
@@ -41,6 +56,65 @@ def input_error(file: str | os.PathLike, problem: str, *, column: str | None = N
     if column is not None:
         where.append(f"column {column}")
     return RetailSimInputError(f"{', '.join(where)}: {problem.rstrip('.')}.")
+
+
+def _read_failure(error: BaseException, file: str | os.PathLike, kind: str) -> tuple[str, str]:
+    """(what went wrong reading ``file``, in words; the advice that goes with it by default). The library's
+    reason is its first sentence, without the path it repeats."""
+    if isinstance(error, IsADirectoryError):
+        return f"expected a {kind} file, found a folder", ""
+    if isinstance(error, UnicodeDecodeError):
+        return f"the file is not UTF-8 text (it holds the byte 0x{error.object[error.start]:02x})", "; save it as UTF-8"
+    if isinstance(error, json.JSONDecodeError):
+        return f"the file is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})", ""
+    if isinstance(error, OSError) and error.strerror and not isinstance(error, pa.ArrowException):
+        return f"the file cannot be read ({error.strerror})", ""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    reason = reason.split(f"'{file}': ", 1)[-1].split(". ", 1)[0].rstrip(".")
+    return f"the file is not a readable {kind} file ({reason})", "; it may be truncated or corrupt"
+
+
+@contextlib.contextmanager
+def reading(file: str | os.PathLike, kind: str, *, name: str | None = None, advice: str = "") -> Iterator[None]:
+    """Run the reading of ``file`` (a ``kind`` file: "CSV", "Parquet", "JSON"); a file the library cannot read
+    becomes one ``RetailSimInputError`` naming it (as ``name`` when given) and ending with ``advice`` (default:
+    one that fits the failure, e.g. "save it as UTF-8").
+
+    Keep the block to the reading itself: it is the boundary where a failure means "this file is bad"."""
+    try:
+        yield
+    except RetailSimInputError:
+        raise
+    except _READ_FAILURES as error:
+        problem, default_advice = _read_failure(error, file, kind)
+        raise input_error(name or file, problem + (advice or default_advice)) from None
+
+
+def open_binary(path: str | os.PathLike) -> IO[bytes]:
+    """A file's bytes, decompressed when its name ends in .gz or .bz2 (as pyarrow's CSV reader does)."""
+    return _TEXT_OPENERS.get(Path(path).suffix.lower(), open)(path, "rb")
+
+
+def csv_header(path: str | os.PathLike) -> tuple[str, ...]:
+    """The field names of a CSV file's first line (strict UTF-8, a byte-order mark skipped), stripped; () for an
+    empty file. Only that line is decoded: a bad byte further down is the CSV reader's to name by line."""
+    with reading(path, "CSV"), open_binary(path) as handle:
+        line = handle.readline(_MAX_HEADER_CHARS).decode("utf-8-sig")
+    return tuple(field.strip() for field in next(csv.reader([line]), []))
+
+
+def week_span_error(file: str | os.PathLike, column: str, extreme: str, other: str, n_weeks: int, *,
+                    row: int | None = None, line: int | None = None, hint: str = "") -> RetailSimInputError:
+    """The data would span ``n_weeks`` > MAX_WEEKS weeks: name the far-out value (``extreme``, at file/row)."""
+    return input_error(file, f"{extreme} and {other} span {n_weeks:,} weeks, more than the {MAX_WEEKS:,} weeks "
+                       f"(about 38 years) one data set may cover{hint}", column=column, row=row, line=line)
+
+
+def extreme_positions(keys: np.ndarray) -> tuple[int, int]:
+    """(first index of the end value farther from the median, first index of the other end) of ``keys``."""
+    low, high = int(np.argmin(keys)), int(np.argmax(keys))
+    middle = float(np.median(keys))
+    return (high, low) if float(keys[high]) - middle >= middle - float(keys[low]) else (low, high)
 
 
 def require_columns(available: Iterable[str], required: Sequence[str], file: str | os.PathLike,
@@ -110,8 +184,18 @@ def check_range(values: pa.ChunkedArray, low: int, high: int, file: str | os.Pat
 
 
 def csv_parse_error(file: str | os.PathLike, error: Exception, expected_fields: int) -> RetailSimInputError:
-    """Turn pyarrow's row-less CSV parse error into one naming the offending line (found on this slow path)."""
-    with open(file, newline="", encoding="utf-8", errors="replace") as handle:
+    """Turn pyarrow's row-less CSV parse error into one naming the offending line (found on this slow path):
+    the first line that is not UTF-8, else the first with the wrong number of fields."""
+    if "UTF8" in str(error) or "UTF-8" in str(error):
+        with reading(file, "CSV"), open_binary(file) as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    return input_error(file, "".join(_read_failure(bad, file, "CSV")), row=line_number - 1,
+                                       line=line_number)
+    with reading(file, "CSV"), io.TextIOWrapper(open_binary(file), encoding="utf-8-sig", errors="replace",
+                                                newline="") as handle:
         for line_number, fields in enumerate(csv.reader(handle), start=1):
             if len(fields) != expected_fields and any(field.strip() for field in fields):
                 return input_error(file, f"expected {expected_fields} fields, found {len(fields)}",

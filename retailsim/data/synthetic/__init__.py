@@ -91,7 +91,7 @@ def generate(
     seen_customers = np.zeros(config.customers, dtype=bool)
     seen_products = np.zeros(config.products, dtype=bool)
 
-    with atomic_folder(out) as staging:
+    with atomic_folder(out, overwrite=overwrite) as staging:
         truth_writer = pq.ParquetWriter(staging / GROUND_TRUTH_FILE, GROUND_TRUTH_SCHEMA)
         try:
             weeks = tqdm(range(config.weeks), desc="generate", unit="week", disable=not progress)
