@@ -10,12 +10,28 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
 from typing import Callable, Sequence
 
 from retailsim.errors import RetailSimInputError, Terminated
+
+
+def prefer_passive_cpu_waits() -> None:
+    """Let torch's OpenMP threads sleep, not spin, while they wait at the end of a parallel region.
+
+    On a CPU shared with a busy process, a spinning thread burns the core its descheduled sibling (or the
+    neighbour) needs, and every region waits for the slowest thread. Passive waiting costs nothing measurable
+    idle (benchmarks/training_under_load.py). libgomp reads the setting once, when torch loads it, so this runs
+    at import of the CLI (before any verb imports torch) and never overrides a value the user set.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+prefer_passive_cpu_waits()
 
 # verb -> module. Verb modules keep heavy imports (torch, the model) inside run() so `--help` stays fast.
 VERBS = {

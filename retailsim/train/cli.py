@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto",
                         help="kernel backend of retailsim.ops: auto, torch, triton or native")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: torch's default); 1 is much faster on a busy shared machine")
+                        help="torch CPU threads (0: torch's default, one per core)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

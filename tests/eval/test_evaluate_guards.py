@@ -70,3 +70,12 @@ def test_an_empty_split_is_one_sentence(eval_cache, monkeypatch):
     monkeypatch.setattr(TensorCache, "n_baskets", lambda self, split: 0 if split == "test" else real(self, split))
     with pytest.raises(RetailSimInputError, match="the test split has no baskets"):
         Evaluator(eval_cache).evaluate(None, "test")
+
+
+def test_a_pickle_weights_only_refuses_is_one_line(eval_cache, tmp_path, capsys):
+    import argparse
+
+    torch.save({"config": {}, "model_state_dict": {}, "payload": argparse.Namespace(run="code")}, tmp_path / "p.pt")
+    code = _evaluate(tmp_path / "p.pt", eval_cache, tmp_path / "r.json")
+    err = capsys.readouterr().err
+    assert code == 2 and "not a readable RetailSim checkpoint" in err and err.count("\n") == 1, err

@@ -16,14 +16,13 @@ from retailsim.ops.focal_loss.reference import (
     linear_focal_loss_reference,
 )
 from tests.tolerances import (
+    FOCAL_CONFIDENT_CE_MAX,
     FOCAL_GRADCHECK_ATOL,
     FOCAL_GRADCHECK_RTOL,
-    FOCAL_CONFIDENT_CE_MAX,
     FP32_GRAD_REL_ERR,
     FP32_REL_ERR,
     assert_fp32_close,
     assert_low_precision_close,
-    rel_err,
 )
 
 GAMMAS = (0.0, 0.5, 2.0, 5.0)
