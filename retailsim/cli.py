@@ -44,7 +44,14 @@ VERBS = {
 }
 
 
+_HANDLER_PID = os.getpid()
+
+
 def _terminate(signum, frame):
+    if os.getpid() != _HANDLER_PID:  # a forked child (a data-loader worker) that inherited the handler
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise Terminated()
 
 
@@ -56,8 +63,10 @@ def describe_os_error(error: OSError) -> str:
 
 def run_guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a verb; a user error becomes one line on stderr and exit status 2."""
+    global _HANDLER_PID
     previous = None
     if threading.current_thread() is threading.main_thread():  # SIGTERM unwinds like Ctrl-C, clean-up included
+        _HANDLER_PID = os.getpid()
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(run(args) or 0)

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from retailsim.eval.checkpoint import load_model, resolve_device
     from retailsim.eval.evaluator import Evaluator
     from retailsim.eval.oracle import default_ground_truth
-    from retailsim.eval.report import markdown_table, write_report
+    from retailsim.eval.report import markdown_table, report_paths, write_report
 
     _check_positive("--max-batches", args.max_batches)
     _check_positive("--batch-size", args.batch_size)
@@ -57,18 +57,21 @@ def run(args: argparse.Namespace) -> int:
     if args.output.is_dir():
         raise RetailSimInputError(f"--output {args.output} is a folder; expected the JSON file to write, e.g. "
                                   f"{args.output / 'test_results.json'}.")
-    check_not_overlapping(args.output, [("--data", args.data), ("checkpoint", args.checkpoint)], "--output")
-    check_creatable(args.output, "--output")
     if args.metrics_log is not None and not args.metrics_log.is_file():
         raise RetailSimInputError(f"--metrics-log {args.metrics_log} does not exist.")
-    device = resolve_device(args.device)
-    model = load_model(args.checkpoint, args.data, device)
     ground_truth = args.ground_truth if args.ground_truth is not None else default_ground_truth(args.data)
-    evaluator = Evaluator(args.data, batch_size=args.batch_size, max_batches=args.max_batches, seed=args.seed,
-                          device=device, max_history=model.config.max_history, ground_truth=ground_truth,
-                          show_progress=not args.quiet)
-    results = {"checkpoint": str(args.checkpoint), **evaluator.evaluate(model, args.split)}
-    with output_lock(args.output, "--output"):
+    inputs = [("--data", args.data), ("checkpoint", args.checkpoint), ("--metrics-log", args.metrics_log),
+              ("--ground-truth", ground_truth)]
+    for path in report_paths(args.output).values():  # the .md and .png beside the JSON too
+        check_not_overlapping(path, inputs, "--output")
+    check_creatable(args.output, "--output")
+    device = resolve_device(args.device)
+    with output_lock(args.output, "--output"):  # a second evaluate into the same file is refused at once
+        model = load_model(args.checkpoint, args.data, device)
+        evaluator = Evaluator(args.data, batch_size=args.batch_size, max_batches=args.max_batches, seed=args.seed,
+                              device=device, max_history=model.config.max_history, ground_truth=ground_truth,
+                              show_progress=not args.quiet)
+        results = {"checkpoint": str(args.checkpoint), **evaluator.evaluate(model, args.split)}
         paths = write_report(results, args.output, metrics_log=args.metrics_log)
     print(markdown_table(results))
     print("wrote " + ", ".join(str(p) for p in paths.values()))

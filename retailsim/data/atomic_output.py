@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -26,8 +29,9 @@ from retailsim.errors import RetailSimInputError
 Inputs = Sequence[tuple[str, "os.PathLike[str] | str | None"]]  # (flag, path) of each input of the verb
 
 
-def check_not_overlapping(out: Path, inputs: Inputs, argument: str = "--out") -> None:
-    """Refuse an output that is, contains or lies inside one of ``inputs``."""
+def check_not_overlapping(out: Path, inputs: Inputs, argument: str = "--out", *, may_contain: bool = False) -> None:
+    """Refuse an output that is, contains or lies inside one of ``inputs`` (paths resolved, so links and
+    ``.`` count); ``may_contain`` allows an output folder holding an input (a verb that never deletes it)."""
     target = Path(out).resolve()
     for flag, path in inputs:
         if path is None:
@@ -37,7 +41,7 @@ def check_not_overlapping(out: Path, inputs: Inputs, argument: str = "--out") ->
             relation = "is"
         elif source in target.parents:
             relation = "lies inside"
-        elif target in source.parents:
+        elif target in source.parents and not may_contain:
             relation = "contains"
         else:
             continue
@@ -71,15 +75,15 @@ def check_creatable(out: Path, argument: str) -> None:
 
 
 def lock_path(out: Path) -> Path:
-    out = Path(out)
+    """The claim file of ``out``, from its resolved path: a link to an output or ``.`` claims the same file."""
+    out = Path(out).resolve()
     return out.parent / f".{out.name}.lock"
 
 
 @contextlib.contextmanager
 def output_lock(out: Path, argument: str = "--out") -> Iterator[None]:
     """Hold an exclusive claim on ``out`` for the block; a claim held by another process is refused at once."""
-    out = Path(out)
-    check_creatable(out, argument)
+    check_creatable(Path(out), argument)
     path = lock_path(out)
     while True:
         try:
@@ -117,11 +121,10 @@ def atomic_folder(out: Path, *, overwrite: bool, inputs: Inputs = (), argument: 
     """Claim ``out``, check it (as :func:`check_output_folder`) and yield a temporary sibling (missing parent
     folders are created); on success it replaces ``out``, on any error it is removed and ``out`` is left as
     it was."""
-    out = Path(out)
+    shown, out = Path(out), Path(out).resolve()
     with output_lock(out, argument):
-        check_output_folder(out, overwrite=overwrite, inputs=inputs, argument=argument)
-        for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a killed run; we hold the claim
-            shutil.rmtree(stale, ignore_errors=True)
+        check_output_folder(shown, overwrite=overwrite, inputs=inputs, argument=argument)
+        _recover(out)
         staging = out.parent / f".{out.name}.partial-{os.getpid()}"
         staging.mkdir()
         try:
@@ -130,7 +133,41 @@ def atomic_folder(out: Path, *, overwrite: bool, inputs: Inputs = (), argument: 
             shutil.rmtree(staging, ignore_errors=True)
             raise
         previous = out.parent / f".{out.name}.previous-{os.getpid()}"
-        if out.exists():
-            out.rename(previous)
-        staging.rename(out)
+        with _signals_held():  # the two renames happen together or not at all, whatever signal arrives
+            if out.exists():
+                out.rename(previous)
+            try:
+                staging.rename(out)
+            except BaseException:
+                if previous.exists():
+                    previous.rename(out)
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def _recover(out: Path) -> None:
+    """Under the claim: undo what a run killed (kill -9) mid-way left beside ``out``. A hidden previous copy
+    whose output is missing is put back; staging folders are removed."""
+    prefix = glob.escape(f".{out.name}")
+    for previous in sorted(out.parent.glob(f"{prefix}.previous-*")):
+        if not out.exists():
+            previous.rename(out)
+        else:
+            shutil.rmtree(previous, ignore_errors=True)
+    for stale in out.parent.glob(f"{prefix}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Defer SIGINT and SIGTERM for the block (main thread on POSIX; elsewhere a no-op)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

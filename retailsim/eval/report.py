@@ -162,18 +162,25 @@ def plot_training(metrics_log: Path, path: Path) -> bool:
     return True
 
 
+def report_paths(output: Path) -> dict[str, Path]:
+    """Every file ``write_report(results, output, ...)`` may write, by kind."""
+    output = Path(output)
+    return {"json": output, "markdown": output.with_suffix(".md"),
+            "metrics_png": output.with_name(f"{output.stem}_metrics.png"),
+            "buckets_png": output.with_name(f"{output.stem}_buckets.png"),
+            "training_png": output.with_name(f"{output.stem}_training.png")}
+
+
 def write_report(results: dict, output: Path, metrics_log: Path | None = None) -> dict[str, Path]:
     """Writes the JSON, the Markdown table and the plots; returns their paths by kind."""
     output = Path(output)
-    paths = {"json": output, "markdown": output.with_suffix(".md"),
-             "metrics_png": output.with_name(f"{output.stem}_metrics.png"),
-             "buckets_png": output.with_name(f"{output.stem}_buckets.png")}
+    paths = report_paths(output)
+    training = paths.pop("training_png")
     write_atomic(paths["json"], json.dumps(results, indent=2))
     write_atomic(paths["markdown"], markdown_table(results))
     plot_metrics(results, paths["metrics_png"])
     plot_buckets(results, paths["buckets_png"])
     if metrics_log is not None:
-        training = output.with_name(f"{output.stem}_training.png")
         if plot_training(metrics_log, training):
             paths["training_png"] = training
     return paths

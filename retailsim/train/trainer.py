@@ -18,7 +18,6 @@ import itertools
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,14 +32,11 @@ from retailsim.data.loader import make_loader, set_epoch
 from retailsim.errors import RetailSimInputError, first_line
 from retailsim.train import checkpoint as ckpt
 from retailsim.train.loss import COMPONENTS, WorldModelLoss
+from retailsim.train.run_folder import check_resume, prepare_run_folder, refuse_earlier_run
 from retailsim.train.schedule import make_scheduler, phase_of
 
 PRESET_NAMES = ("tiny", "small", "default")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-# Settings a resumed run must share with the checkpoint's run: they fix the schedule, the batches, the masks and
-# what "a better validation loss" compares; the others (max_steps, patience, workers, logging, out) may change.
-RESUME_SETTINGS = ("preset", "epochs", "batch_size", "lr", "weight_decay", "clip", "grad_accum", "seed", "val_batches")
-RUN_FILES = ("metrics.jsonl", "best_model.pt", "tensorboard")  # plus checkpoint_epoch_*.pt; what --overwrite removes
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,7 +68,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         self.data, self.out = Path(self.data), Path(self.out)
         TensorCache.open(self.data, "--data")  # a missing or damaged cache is one sentence, before any work
-        check_not_overlapping(self.out, [("--data", self.data)])
+        check_not_overlapping(self.out, [("--data", self.data)], may_contain=True)
         if self.out.exists() and not self.out.is_dir():
             raise RetailSimInputError(f"--out {self.out} is an existing file; expected a folder for the run.")
         if self.preset not in PRESET_NAMES:
@@ -168,11 +164,12 @@ class Trainer:
         self.resume_state = resume_state
         if self.resume is not None and resume_state is None:
             self.resume_state = ckpt.load_checkpoint(self.resume)
+        self.world_size_requested = int(os.environ.get("WORLD_SIZE", "1"))
         if int(os.environ.get("RANK", "0")) == 0:
             with output_lock(self.config.out):  # another trainer on this --out is refused before any work
                 pass
         if self.resume_state is not None:
-            check_resume(self.resume, self.resume_state, self.config)
+            check_resume(self.resume, self.resume_state, self.config, self.world_size_requested)
         elif not self.config.overwrite:
             refuse_earlier_run(self.config.out)
         self.writer = None
@@ -235,24 +232,9 @@ class Trainer:
             ckpt.restore_rng_state(state["rng_state"])
 
     def claim_output(self, state: dict | None) -> None:
-        """Lock ``out`` for this run (a second trainer on it is refused), then clear an earlier run under
-        ``overwrite``, or, resuming, keep the metrics log up to the checkpoint (no record twice)."""
-        out = self.config.out
-        self._claim.enter_context(output_lock(out))
-        out.mkdir(parents=True, exist_ok=True)
-        if state is None:
-            if not self.config.overwrite:
-                refuse_earlier_run(out)  # again, now that we hold the claim
-            for path in earlier_run_files(out):
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            return
-        log = out / "metrics.jsonl"
-        if log.is_file():
-            kept = [line for line in log.read_text().splitlines()
-                    if line.strip() and _record_before(line, int(state["epoch"]), int(state["global_step"]))]
-            temporary = log.with_name(f".{log.name}.tmp-{os.getpid()}")
-            temporary.write_text("".join(line + "\n" for line in kept))
-            os.replace(temporary, log)
+        """Lock ``out`` for this run (a second trainer on it is refused), then prepare it (run_folder.py)."""
+        self._claim.enter_context(output_lock(self.config.out))
+        prepare_run_folder(self.config.out, state, self.config.overwrite)
 
     def train_loader(self, mask_rate: float):
         if ("train", mask_rate) not in self._loaders:
@@ -310,7 +292,7 @@ class Trainer:
             elif not math.isfinite(val_loss):
                 raise NonFiniteLossError(
                     f"the validation loss of epoch {epoch} is {val_loss}; no checkpoint was written for this epoch "
-                    f"and the last one in {cfg.out} is intact (try a lower --lr).")
+                    f"and the last one in {cfg.out} is intact (a new run with a lower --lr may help).")
             improved = val_loss < self.best_val_loss
             if improved:
                 self.best_val_loss, self.epochs_since_best = val_loss, 0
@@ -369,7 +351,7 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"non-finite loss ({float(step_loss)}) or gradient norm ({float(grad_norm)}) at epoch {epoch}, "
                     f"optimizer step {self.global_step + 1}; the step was not applied and the last checkpoint in "
-                    f"{cfg.out} is intact (try a lower --lr).")
+                    f"{cfg.out} is intact (a new run with a lower --lr may help).")
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -437,7 +419,7 @@ class Trainer:
             "best_val_loss": float(self.best_val_loss),
             "config": ckpt.plain(self.model.config),
             "rng_state": ckpt.capture_rng_state(),
-            "train_config": {**ckpt.plain(asdict(self.config)),
+            "train_config": {**ckpt.plain(asdict(self.config)), "world_size": self.world_size,
                              "data_fingerprint": TensorCache.open(self.config.data).fingerprint()},
             "epochs_since_best": self.epochs_since_best,
         }
@@ -462,58 +444,3 @@ class Trainer:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
-
-def earlier_run_files(out: Path) -> list[Path]:
-    """The files of an earlier training run in ``out`` (what ``--overwrite`` removes)."""
-    if not out.is_dir():
-        return []
-    named = [out / name for name in RUN_FILES if (out / name).exists()]
-    return named + sorted(out.glob("checkpoint_epoch_*.pt")) + sorted(out.glob(".*.tmp-*"))
-
-
-def refuse_earlier_run(out: Path) -> None:
-    earlier = earlier_run_files(out)
-    if earlier:
-        raise RetailSimInputError(
-            f"--out {out} holds an earlier run ({', '.join(p.name for p in earlier[:3])}); pass --resume "
-            f"{out}/checkpoint_epoch_N.pt to continue it, --overwrite to replace it, or choose another folder.")
-
-
-def _record_before(line: str, epoch: int, global_step: int) -> bool:
-    """Whether a metrics.jsonl line was logged before the checkpoint (epoch, global_step) was written."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return False  # a line cut by a kill
-    if record.get("kind") == "epoch":
-        return int(record.get("epoch", 0)) <= epoch
-    return int(record.get("global_step", 0)) <= global_step
-
-
-def check_resume(path: Path, state: dict, config: TrainConfig) -> None:
-    """A resumed run continues the checkpoint's run: same settings, same data, epochs left to train."""
-    saved = state.get("train_config") or {}
-    differ = [f"{name} {saved[name]!r} -> {getattr(config, name)!r}" for name in RESUME_SETTINGS
-              if name in saved and saved[name] != getattr(config, name)]
-    if differ:
-        raise RetailSimInputError(
-            f"--resume {path} continues a run with other settings ({'; '.join(differ)}); resume with the "
-            f"checkpoint's settings (train takes them from the checkpoint when they are not given) or start a new run.")
-    if config.overwrite:
-        raise RetailSimInputError("--resume and --overwrite together would delete the run being continued; "
-                                  "choose one.")
-    if int(state["epoch"]) >= config.epochs:
-        raise RetailSimInputError(f"--resume {path}: that run already finished its {config.epochs} epochs; nothing "
-                                  f"is left to train (start a new run to train longer).")
-    from retailsim.model import data_sizes_from_cache
-
-    sizes = data_sizes_from_cache(config.data)
-    model_config = state.get("config") or {}
-    wrong = [f"{name} {model_config.get(name)} vs {value}" for name, value in sizes.items()
-             if model_config.get(name) != value]
-    fingerprint = TensorCache.open(config.data).fingerprint()
-    if saved.get("data_fingerprint") not in (None, fingerprint):
-        wrong.append("another input fingerprint")
-    if wrong:
-        raise RetailSimInputError(f"--resume {path} was trained on another data set than --data {config.data} "
-                                  f"(checkpoint vs cache: {'; '.join(wrong)}).")

@@ -109,18 +109,48 @@ def test_a_claim_is_exclusive_across_processes_and_released_at_exit(tmp_path):
     assert not lock_path(out).exists()
 
 
-def test_two_generate_processes_on_one_out_one_is_refused(tmp_path):
-    out = tmp_path / "raw"
-    command = [sys.executable, "-m", "retailsim.generate", "--out", str(out), *GENERATE[:-1], "--weeks", "40",
-               "--quiet"]
-    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not lock_path(out).exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    second = subprocess.run(command, stderr=subprocess.PIPE, text=True, timeout=120)
-    assert first.wait(timeout=120) == 0
-    assert second.returncode == 2 and "being written by another RetailSim process" in second.stderr
-    assert second.stderr.count("\n") == 1
+def hold_claim(out):
+    """A process holding the claim on ``out`` until killed (the first of two writers, deterministically)."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from retailsim.data.atomic_output import output_lock
+        with output_lock({str(out)!r}):
+            print("held", flush=True)
+            time.sleep(120)
+        """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_writer_of_one_out_is_refused_in_every_verb(tmp_path):
+    raw = tmp_path / "raw"
+    assert main(["generate", "--out", str(raw), *GENERATE]) == 0
+    commands = {tmp_path / "g": ["generate", "--out", str(tmp_path / "g"), *GENERATE],
+                tmp_path / "s": ["prepare-samples", "--input", str(raw), "--out", str(tmp_path / "s"), "--quiet"]}
+    for out, argv in commands.items():
+        holder = hold_claim(out)
+        try:
+            second = subprocess.run([sys.executable, "-m", "retailsim", *argv], stderr=subprocess.PIPE, text=True,
+                                    timeout=120)
+        finally:
+            holder.kill()
+            holder.wait()
+        assert second.returncode == 2 and "being written by another RetailSim process" in second.stderr, argv
+        assert second.stderr.count("\n") == 1 and not out.exists()
+
+
+def test_a_run_killed_between_its_two_renames_is_put_back(tmp_path):
+    """kill -9 after the old output was moved aside and before the new one took its place: the next run on
+    that output restores the old one before deciding anything."""
+    out = tmp_path / "cache"
+    (tmp_path / ".cache.previous-99999").mkdir()
+    (tmp_path / ".cache.previous-99999" / "kept.txt").write_text("old")
+    (tmp_path / ".cache.partial-99999").mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic_folder(out, overwrite=True):
+            raise RuntimeError("this run fails too")
+    assert (out / "kept.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
 
 
 def test_sigterm_removes_the_staging_folder_and_keeps_the_old_output(tmp_path):

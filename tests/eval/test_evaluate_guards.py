@@ -79,3 +79,17 @@ def test_a_pickle_weights_only_refuses_is_one_line(eval_cache, tmp_path, capsys)
     code = _evaluate(tmp_path / "p.pt", eval_cache, tmp_path / "r.json")
     err = capsys.readouterr().err
     assert code == 2 and "not a readable RetailSim checkpoint" in err and err.count("\n") == 1, err
+
+
+def test_an_output_over_the_training_log_or_the_ground_truth_is_refused(eval_cache, tiny_checkpoint, tmp_path,
+                                                                        capsys):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"kind": "epoch", "epoch": 1, "global_step": 1, "train_loss": 5.0}\n')
+    assert _evaluate(tiny_checkpoint, eval_cache, log, "--metrics-log", str(log)) == 2
+    assert "is the input --metrics-log" in capsys.readouterr().err
+    truth = tmp_path / "ground_truth.parquet"
+    truth.write_bytes(b"PAR1")
+    assert _evaluate(tiny_checkpoint, eval_cache, tmp_path / "ground_truth.parquet", "--ground-truth",
+                     str(truth)) == 2
+    assert "is the input --ground-truth" in capsys.readouterr().err
+    assert log.read_text().startswith('{"kind": "epoch"') and truth.read_bytes() == b"PAR1"

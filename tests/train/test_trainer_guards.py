@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from retailsim.cli import module_main
 from retailsim.data.atomic_output import lock_path
 from retailsim.errors import RetailSimInputError
 from retailsim.train.trainer import NonFiniteLossError, Trainer, TrainStep
+from tests.data.test_atomic_output import hold_claim
 from tests.train.test_trainer import make_config
 
 RESUMED = ["--device", "cpu", "--backend", "torch", "--log-every", "1", "--quiet"]  # not run settings
@@ -50,17 +50,37 @@ def test_a_second_trainer_on_the_same_out_is_refused(tiny_cache, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "retailsim.train", "--data", str(tiny_cache), "--out", str(out),
                "--epochs", "3", *TRAIN]
-    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert lock_path(out).exists()
-    second = subprocess.run(command, stderr=subprocess.PIPE, text=True, timeout=120)
-    assert first.wait(timeout=300) == 0, first.stderr.read()
+    holder = hold_claim(out)  # the first trainer, holding its claim for as long as the test needs
+    try:
+        second = subprocess.run(command, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
     assert second.returncode == 2 and "being written by another RetailSim process" in second.stderr, second.stderr
-    epochs = [r["epoch"] for r in _records(out) if r["kind"] == "epoch"]
-    assert epochs == [1, 2, 3]  # one run's log, not two spliced
+    assert not out.exists() or not list(out.iterdir())
+    # the claim is the trainer's own for its whole run, and gone after it
+    trainer = Trainer(make_config(tiny_cache, out, epochs=1))
+    trainer.setup()
+    try:
+        with pytest.raises(RetailSimInputError, match="being written by another"):
+            Trainer(make_config(tiny_cache, out, epochs=1))
+    finally:
+        trainer.cleanup()
     assert not lock_path(out).exists()
+
+
+def test_resume_never_writes_into_another_runs_folder_nor_past_later_checkpoints(tiny_cache, tiny_model_factory,
+                                                                                 tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        Trainer(make_config(tiny_cache, out, epochs=3, max_steps=12), model_factory=tiny_model_factory).run()
+    with pytest.raises(RetailSimInputError, match="holds an earlier run"):
+        Trainer(make_config(tiny_cache, b, epochs=3), resume=a / "checkpoint_epoch_1.pt")
+    with pytest.raises(RetailSimInputError, match="holds later checkpoints .checkpoint_epoch_2.pt"):
+        Trainer(make_config(tiny_cache, a, epochs=3), resume=a / "checkpoint_epoch_1.pt")
+    # branching from an early checkpoint into a new folder is fine
+    Trainer(make_config(tiny_cache, tmp_path / "branch", epochs=3), resume=a / "checkpoint_epoch_1.pt",
+            model_factory=tiny_model_factory).run()
 
 
 def test_resume_takes_the_checkpoints_settings_and_logs_each_step_once(tiny_cache, tmp_path, capsys):
@@ -68,18 +88,18 @@ def test_resume_takes_the_checkpoints_settings_and_logs_each_step_once(tiny_cach
     assert module_main("retailsim.train.cli", ["--data", str(tiny_cache), "--out", str(out), "--epochs", "3",
                                                "--max-steps", "6", *TRAIN]) == 0
     assert sorted(p.name for p in out.glob("checkpoint_*.pt")) == ["checkpoint_epoch_1.pt"]
+    # what a run killed in epoch 2 leaves: its steps after the checkpoint, and a line cut mid-write
+    with open(out / "metrics.jsonl", "a") as log:
+        log.write(json.dumps({"kind": "step", "epoch": 2, "global_step": 7, "loss": 1.0}) + "\n")
+        log.write('{"kind": "step", "epo')
     capsys.readouterr()
     # no --preset/--batch-size/--epochs/--lr given: the checkpoint's are used (tiny, 32, 3, 1e-3)
     assert module_main("retailsim.train.cli", ["--data", str(tiny_cache), "--out", str(out), "--resume",
                                                str(out / "checkpoint_epoch_1.pt"), *RESUMED]) == 0
     records = _records(out)
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2, 3]
-    steps = [r["global_step"] for r in records if r["kind"] == "step"]
-    assert steps == list(range(1, 19))
-    # resuming once more from epoch 1 drops the records logged after it before appending
-    assert module_main("retailsim.train.cli", ["--data", str(tiny_cache), "--out", str(out), "--resume",
-                                               str(out / "checkpoint_epoch_1.pt"), *RESUMED]) == 0
-    assert [r["global_step"] for r in _records(out) if r["kind"] == "step"] == list(range(1, 19))
+    assert [r["global_step"] for r in records if r["kind"] == "step"] == list(range(1, 19))
+    assert all(r.get("loss") != 1.0 for r in records)
 
 
 @pytest.mark.parametrize("flags, differs", [
@@ -132,9 +152,9 @@ def test_a_checkpoint_of_the_wrong_types_is_one_sentence(tiny_cache, tiny_model_
     Trainer(make_config(tiny_cache, out, epochs=3, max_steps=6), model_factory=tiny_model_factory).run()
     state = torch.load(out / "checkpoint_epoch_1.pt", weights_only=True)
     damage(state)
-    torch.save(state, tmp_path / "damaged.pt")
+    torch.save(state, out / "damaged.pt")
     with pytest.raises(RetailSimInputError, match=message):
-        Trainer(make_config(tiny_cache, out, epochs=3), resume=tmp_path / "damaged.pt").run()
+        Trainer(make_config(tiny_cache, out, epochs=3), resume=out / "damaged.pt").run()
 
 
 def test_a_nan_validation_loss_stops_with_exit_1_and_no_checkpoint(tiny_cache, tmp_path, monkeypatch, capsys):
