@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import Callable, Sequence
 
-from retailsim.errors import RetailSimInputError, Terminated
+from retailsim.errors import RetailSimInputError, Terminated, first_line
 
 
 def prefer_passive_cpu_waits() -> None:
@@ -57,7 +57,7 @@ def _terminate(signum, frame):
 
 def describe_os_error(error: OSError) -> str:
     """``<file>: <reason>`` in one line."""
-    reason = error.strerror or (str(error).strip().splitlines() or [type(error).__name__])[0]
+    reason = error.strerror or first_line(error)
     return f"{error.filename}: {reason}" if error.filename else reason
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from retailsim.data.cache_reader import TensorCache
-from retailsim.errors import RetailSimInputError
+from retailsim.errors import RetailSimInputError, first_line
 from retailsim.eval.metrics import K_VALUES
 
 GROUND_TRUTH_FILE = "ground_truth.parquet"
@@ -52,7 +52,7 @@ class Oracle:
             self.basket_ids = pq.read_table(samples, columns=["basket_id"])["basket_id"].to_pylist()
         except (OSError, ValueError, KeyError) as error:  # pyarrow's errors derive from these
             raise RetailSimInputError(f"--ground-truth needs the Stage 1 samples the cache was built from, and "
-                                      f"{samples} cannot be read ({str(error).splitlines()[0]}).") from None
+                                      f"{samples} cannot be read ({first_line(error)}).") from None
         if len(self.basket_ids) != cache.n_baskets(split):
             raise RetailSimInputError(f"{samples} has {len(self.basket_ids)} baskets but the cache's {split} split "
                                       f"{cache.n_baskets(split)}: it is not the Stage 1 output the cache was built "

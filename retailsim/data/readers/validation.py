@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from retailsim.data.schema import CANONICAL_COLUMNS, LABELS, MAX_WEEKS, UNKNOWN_LABEL
 from retailsim.data.sources import InputCounters
-from retailsim.errors import RetailSimInputError
+from retailsim.errors import RetailSimInputError, first_line
 
 ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
 # Lines are "identical" when every canonical column agrees; these columns are checked first because two lines
@@ -69,7 +69,7 @@ def _read_failure(error: BaseException, file: str | os.PathLike, kind: str) -> t
         return f"the file is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})", ""
     if isinstance(error, OSError) and error.strerror and not isinstance(error, pa.ArrowException):
         return f"the file cannot be read ({error.strerror})", ""
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    reason = first_line(error)
     reason = reason.split(f"'{file}': ", 1)[-1].split(". ", 1)[0].rstrip(".")
     return f"the file is not a readable {kind} file ({reason})", "; it may be truncated or corrupt"
 
