@@ -9,7 +9,7 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4"
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test bench native clean
+.PHONY: demo test bench native clean kernel-report
 
 $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: native
 	mkdir -p benchmarks/results
 	$(PY) -m pytest benchmarks -q --device cpu --benchmark-json benchmarks/results/cpu-latest.json
 	$(PY) benchmarks/report.py benchmarks/results/cpu-latest.json --out benchmarks/results/cpu-latest.md
+
+# Every Triton kernel compiled offline for sm_80 and sm_90 (no GPU needed); times in it are estimates.
+kernel-report: native
+	env -u TRITON_INTERPRET $(PY) benchmarks/kernel_report.py --out benchmarks/results
 
 # generate -> prepare-samples -> prepare-tensor-cache -> train -> evaluate -> report, under runs/demo/.
 demo: native

@@ -1,0 +1,96 @@
+"""The ops and shapes the kernel report judges: the benchmark shapes of SPEC 7, each with the inputs a
+user's training step passes (every optional argument the model uses on), and each op's launch budget."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from retailsim.ops import contrastive_loss, focal_loss, linear_focal_loss, selective_scan
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str
+    shape: tuple
+    dtype: torch.dtype
+    make_inputs: Callable[[], tuple]
+    call: Callable
+    launch_budget: int   # launches per fwd+bwd the op declares (kernel report check)
+
+    @property
+    def label(self) -> str:
+        return f"{self.op} {'x'.join(map(str, self.shape))} {str(self.dtype).removeprefix('torch.')}"
+
+
+def _randn(*shape, dtype=torch.float32, grad=True):
+    return torch.randn(*shape, device="cuda", dtype=dtype, requires_grad=grad)
+
+
+def _scan_case(shape, dtype) -> Case:
+    batch, dim, length, dstate = shape
+
+    def make():
+        return (_randn(batch, dim, length, dtype=dtype), _randn(batch, dim, length, dtype=dtype),
+                _randn(dim, dstate), _randn(batch, dstate, length, dtype=dtype),
+                _randn(batch, dstate, length, dtype=dtype), _randn(dim), _randn(batch, dim, length, dtype=dtype),
+                _randn(dim))
+
+    def call(u, delta, A, B, C, D, z, bias):
+        return selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True)
+
+    return Case("selective_scan", shape, dtype, make, call, launch_budget=9)  # 2 kernels, 5 sums, 2 casts
+
+
+def _focal_case(shape, dtype) -> Case:
+    rows, vocab = shape
+
+    def make():
+        return _randn(rows, vocab, dtype=dtype), torch.randint(0, vocab, (rows,), device="cuda")
+
+    return Case("focal_loss", shape, dtype, make, lambda logits, target: focal_loss(logits, target, gamma=2.0),
+                launch_budget=3)
+
+
+def _linear_focal_case(shape, dtype) -> Case:
+    rows, hidden, vocab = shape
+
+    def make():
+        return (_randn(rows, hidden, dtype=dtype), _randn(vocab, hidden, dtype=dtype),
+                torch.randint(0, vocab, (rows,), device="cuda"))
+
+    return Case("linear_focal_loss", shape, dtype, make,
+                lambda h, w, target: linear_focal_loss(h, w, target, gamma=2.0), launch_budget=6)
+
+
+def _contrastive_case(shape, dtype) -> Case:
+    anchors, candidates, dim = shape
+    items_per_basket = 8
+
+    def make():
+        return (_randn(anchors, dim, dtype=dtype), _randn(candidates, dim, dtype=dtype),
+                torch.randint(0, candidates, (anchors,), device="cuda"),
+                torch.arange(anchors, device="cuda") // items_per_basket,
+                torch.arange(candidates, device="cuda") // items_per_basket,
+                torch.randint(0, 1000, (candidates,), device="cuda"))
+
+    def call(a, c, positive, anchor_group, candidate_group, label):
+        return contrastive_loss(a, c, positive, anchor_group, candidate_group, candidate_label=label)
+
+    return Case("contrastive_loss", shape, dtype, make, call, launch_budget=6)
+
+
+SCAN_SHAPE = (16, 1536, 2048, 16)  # (batch, dim, L, N)
+
+
+def all_cases() -> list:
+    return [
+        _scan_case(SCAN_SHAPE, torch.bfloat16),
+        _scan_case(SCAN_SHAPE, torch.float32),
+        _focal_case((2048, 5003), torch.bfloat16),
+        _linear_focal_case((2048, 512, 5003), torch.bfloat16),
+        _linear_focal_case((8192, 512, 131072), torch.bfloat16),
+        _contrastive_case((4096, 4096, 512), torch.bfloat16),
+        _contrastive_case((4096, 4096, 512), torch.float32),
+    ]

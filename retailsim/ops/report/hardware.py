@@ -1,0 +1,69 @@
+"""Targets, occupancy and the estimate model of the kernel report. Every time here is an ESTIMATE.
+
+Constants (vendor datasheets: NVIDIA A100 Tensor Core GPU datasheet, H100 Tensor Core GPU datasheet, SXM
+parts; per-SM limits from the CUDA C++ Programming Guide's compute-capability table): dense tensor-core
+peaks without sparsity; ``mufu_per_clk`` is the special-function unit's ex2 rate per SM per clock (16 on
+sm_80 and sm_90); ``clock_ghz`` the boost clock.
+
+Model, per kernel launch:
+  floor    = max(bytes_min / bandwidth, flops_min / tensor-core peak (CUDA-core peak for work that is not a
+             matrix product), exps / (SMs * mufu_per_clk * clock))
+  issue    = waves * ctas_per_sm * warps_per_cta * hot_loop_instructions * iterations / (4 * clock)
+             (4 schedulers per SM issue one warp-instruction per clock; waves = ceil(grid / (SMs * ctas_per_sm)))
+  estimate = max(floor, issue)
+Blind spots, said plainly: latency (a dependent chain of shuffles or a load whose latency no other warp
+hides) is not modelled, so a kernel with few warps per SM can be far slower than the estimate; only the
+hot loop's instructions are counted (code outside it is free); caches are ideal (each byte of the minimum
+moves once); dual issue and tensor-core pipe occupancy are not modelled.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Target:
+    arch: str
+    name: str
+    sms: int
+    clock_ghz: float
+    bandwidth_tbs: float
+    tc_bf16_tflops: float
+    tc_tf32_tflops: float
+    fp32_tflops: float
+    mufu_per_clk: int = 16
+    registers_per_sm: int = 65536
+    smem_per_sm: int = 0
+    max_warps_per_sm: int = 64
+    max_ctas_per_sm: int = 32
+
+
+TARGETS = {
+    80: Target("sm_80", "A100 SXM4 80GB", 108, 1.41, 2.039, 312.0, 156.0, 19.5, smem_per_sm=167936),
+    90: Target("sm_90", "H100 SXM5 80GB", 132, 1.98, 3.35, 989.0, 494.0, 67.0, smem_per_sm=233472),
+}
+
+
+def ctas_per_sm(target: Target, registers: int, num_warps: int, smem_bytes: int) -> int:
+    """Resident CTAs per SM: registers (allocated per warp in units of 256), warps, shared memory (+1 KiB
+    reserved per CTA), and the CTA limit."""
+    per_warp = math.ceil(max(registers, 1) * 32 / 256) * 256
+    by_registers = (target.registers_per_sm // per_warp) // num_warps
+    by_warps = target.max_warps_per_sm // num_warps
+    by_smem = target.smem_per_sm // (smem_bytes + 1024) if smem_bytes else target.max_ctas_per_sm
+    return max(0, min(by_registers, by_warps, by_smem, target.max_ctas_per_sm))
+
+
+def floor_ms(target: Target, bytes_min: float, tc_flops: float, fp32_flops: float, exps: float,
+             tc_peak: str = "bf16") -> float:
+    peak = target.tc_bf16_tflops if tc_peak == "bf16" else target.tc_tf32_tflops
+    terms = (bytes_min / (target.bandwidth_tbs * 1e12), tc_flops / (peak * 1e12),
+             fp32_flops / (target.fp32_tflops * 1e12), exps / (target.sms * target.mufu_per_clk * target.clock_ghz * 1e9))
+    return 1e3 * max(terms)
+
+
+def issue_ms(target: Target, grid: int, ctas: int, num_warps: int, instructions_per_cta: float) -> float:
+    ctas = max(ctas, 1)
+    waves = math.ceil(grid / (target.sms * ctas))
+    return 1e3 * waves * ctas * num_warps * instructions_per_cta / (4 * target.clock_ghz * 1e9)
