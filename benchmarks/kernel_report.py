@@ -44,8 +44,8 @@ def markdown(records, failures, excused, versions) -> str:
         + "; ".join(f"{t.arch} = {t.name}, {t.sms} SMs, {t.clock_ghz} GHz, {t.bandwidth_tbs} TB/s, "
                     f"bf16 {t.tc_bf16_tflops} TFLOP/s" for t in hardware.TARGETS.values()) + ".", "",
         "## Kernels", "",
-        "| kernel | arch | shape | dtype | grid | warps | regs | spill B | smem B | CTAs/SM | hot loop: instr / SHFL / BAR / MUFU / MMA / LDL+STL | MMA in kernel | estimate ms | floor ms | est/floor |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| kernel | arch | shape | dtype | launches | grid | warps | regs | spill B | smem B | CTAs/SM | hot loop: instr / SHFL / BAR / MUFU / MMA / LDL+STL | MMA in kernel | estimate ms | floor ms | est/floor |",
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in records:
         if "kernel" not in r:
@@ -54,7 +54,7 @@ def markdown(records, failures, excused, versions) -> str:
         loop_text = (f"{loop['instructions']} / {loop['shfl']} / {loop['bar']} / {loop['mufu']} / {loop['mma']} / "
                      f"{loop['local']}") if loop else "no loop"
         lines.append(
-            f"| {r['kernel']} | {r['arch']} | {_shape(r)} | {r['dtype']} | {'x'.join(map(str, r['grid']))} | "
+            f"| {r['kernel']} | {r['arch']} | {_shape(r)} | {r['dtype']} | {r['launches']} | {'x'.join(map(str, r['grid']))} | "
             f"{r['num_warps']} | {r['registers']} | {r['spill_bytes']} | {r['smem_bytes']} | {r['ctas_per_sm']} | "
             f"{loop_text} | {r['mma_instructions']} | {r['estimate_ms']} | {r['floor_ms']} | {r['estimate_over_floor']} |")
     lines += ["", "## Ops: launches and host syncs per fwd+bwd (CUDA path, counted on fake CUDA tensors)", "",

@@ -72,7 +72,7 @@ def build(cases, archs=ARCHS, log=print) -> list:
             target = hardware.TARGETS[arch]
             for case in cases:
                 capture = capture_call(case.make_inputs, case.call, target.sms)
-                estimates = []
+                estimates, seen = [], {}
                 for launch in capture.triton:
                     key = (launch.name, arch, repr(sorted((k, _key(v)) for k, v in launch.args.items())),
                            repr(sorted(launch.options.items())))
@@ -80,8 +80,14 @@ def build(cases, archs=ARCHS, log=print) -> list:
                         log(f"compile {launch.name} for {target.arch} ({case.label})")
                         compiled_cache[key] = compile_launch(launch.kernel, launch.args, launch.options, arch)
                     record = _kernel_record(case, launch, compiled_cache[key], target)
-                    records.append(record)
                     estimates.append(record["estimate_ms"])
+                    same = (key, tuple(launch.grid))  # e.g. one focal launch per row chunk: one record, counted
+                    if same in seen:
+                        seen[same]["launches"] += 1
+                        continue
+                    record["launches"] = 1
+                    seen[same] = record
+                    records.append(record)
                 records.append({
                     "op": case.op, "arch": target.arch, "shape": list(case.shape),
                     "dtype": str(case.dtype).removeprefix("torch."),
