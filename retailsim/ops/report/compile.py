@@ -179,10 +179,6 @@ def hot_loop(sass: list) -> dict:
     return {"span": [best[0], best[1]], "loops": len(spans), **instruction_counts(sass, best)}
 
 
-_DOT = re.compile(r"tt\.dot\s+(%[\w#]+),\s*(%[\w#]+).*?(inputPrecision\s*=\s*(\w+))?.*?:\s*tensor<[^>]*x(\w+)>",
-                  re.DOTALL)
-
-
 def dots_needing_mma(ttir: str) -> int:
     """``tl.dot``s that belong on tensor cores: bf16/fp16 operands (also when widened to fp32 first, the
     way a tensor-core-less bug looks) or a TF32 precision. IEEE fp32 and fp64 dots may use FMA."""
