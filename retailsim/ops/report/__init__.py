@@ -27,6 +27,7 @@ EXCEPTIONS = {
 
 def _kernel_record(case, launch, compiled, target) -> dict:
     loop = hot_loop(compiled.sass)
+    counts = instruction_counts(compiled.sass)
     grid = launch.grid
     programs = grid[0] * grid[1] * grid[2]
     ctas = hardware.ctas_per_sm(target, compiled.registers, compiled.num_warps, compiled.smem_bytes)
@@ -38,8 +39,8 @@ def _kernel_record(case, launch, compiled, target) -> dict:
         "config": {k: v for k, v in launch.args.items() if k.isupper() and isinstance(v, (int, bool, str))},
         "registers": compiled.registers, "spill_bytes": compiled.spill_bytes, "smem_bytes": compiled.smem_bytes,
         "ctas_per_sm": ctas, "waves": round(programs / max(1, target.sms * max(ctas, 1)), 2),
-        "kernel_instructions": instruction_counts(compiled.sass),
-        "hot_loop": loop, "loop_nest": loop_nest(compiled.sass), "mma_instructions": instruction_counts(compiled.sass)["mma"],
+        "kernel_instructions": counts,
+        "hot_loop": loop, "loop_nest": loop_nest(compiled.sass), "mma_instructions": counts["mma"],
         "dots_needing_mma": dots_needing_mma(compiled.ttir),
         "shfl_per_loop_iter": loop["shfl"] if loop else 0,
         "estimate_ms": None, "floor_ms": None, "estimate_over_floor": None,
@@ -79,15 +80,16 @@ def build(cases, archs=ARCHS, log=print) -> list:
                     if key not in compiled_cache:
                         log(f"compile {launch.name} for {target.arch} ({case.label})")
                         compiled_cache[key] = compile_launch(launch.kernel, launch.args, launch.options, arch)
-                    record = _kernel_record(case, launch, compiled_cache[key], target)
-                    estimates.append(record["estimate_ms"])
                     same = (key, tuple(launch.grid))  # e.g. one focal launch per row chunk: one record, counted
                     if same in seen:
                         seen[same]["launches"] += 1
+                        estimates.append(seen[same]["estimate_ms"])
                         continue
+                    record = _kernel_record(case, launch, compiled_cache[key], target)
                     record["launches"] = 1
                     seen[same] = record
                     records.append(record)
+                    estimates.append(record["estimate_ms"])
                 records.append({
                     "op": case.op, "arch": target.arch, "shape": list(case.shape),
                     "dtype": str(case.dtype).removeprefix("torch."),

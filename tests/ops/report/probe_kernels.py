@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from retailsim.ops.report import check
-from retailsim.ops.report.compile import compile_launch, dots_needing_mma, hot_loop
+from retailsim.ops.report.compile import compile_launch, dots_needing_mma, hot_loop, instruction_counts
 
 
 @triton.jit
@@ -43,7 +43,7 @@ def _record(name, compiled):
     loop = hot_loop(compiled.sass)
     return {"kernel": name, "arch": "sm_90", "spill_bytes": compiled.spill_bytes, "registers": compiled.registers,
             "dots_needing_mma": dots_needing_mma(compiled.ttir),
-            "mma_instructions": sum(1 for _, op, _ in compiled.sass if op.split(".")[0] in ("HMMA", "HGMMA")),
+            "mma_instructions": instruction_counts(compiled.sass)["mma"],
             "shfl_per_loop_iter": loop["shfl"] if loop else 0}
 
 
