@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from harness import measure
+from harness import Work, measure
 from retailsim.ops import backend, contrastive_loss
 from retailsim.ops.contrastive_loss import ALGORITHM_ENV, ALGORITHMS, DEFAULT_ALGORITHM
 from retailsim.ops.contrastive_loss.reference import contrastive_loss_ref
@@ -79,7 +79,13 @@ def test_contrastive_fwd_bwd(benchmark, device, quick, impl, case):
             loss_fn = torch.compile(contrastive_loss_ref)
         where = "" if device.type == "cuda" or quick else " (CPU: reduced from 4096x4096x512)"
         group = f"contrastive fwd+bwd {shape[0]}x{shape[1]}x{shape[2]} {str(dtype).replace('torch.', '')}{where}"
-        measure(benchmark, fwd_bwd(loss_fn, anchors, candidates, ids), device=device, group=group,
+        n, m, d = shape
+        # The least: both operands read once and their gradients written once; S = A C^T, dA = P C, dC = P^T A.
+        # fp32 keeps fp32 accuracy at best through three TF32 products each (what our kernel does).
+        fp32 = dtype == torch.float32
+        work = Work(bytes=2 * (n + m) * d * anchors.element_size(), tc_flops=(3 if fp32 else 1) * 6 * n * m * d,
+                    exps=n * m, tc_peak="tf32" if fp32 else "bf16")
+        measure(benchmark, fwd_bwd(loss_fn, anchors, candidates, ids), device=device, group=group, work=work,
                 impl=impl, ours=impl == f"ours-{DEFAULT_ALGORITHM}",
                 backend=backend.resolve("contrastive_loss", device, has_native=False) if impl.startswith("ours")
                 else "")

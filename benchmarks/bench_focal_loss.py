@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import measure
+from harness import Work, measure
 from retailsim.ops import backend as ops_backend
 from retailsim.ops.focal_loss import focal_loss, linear_focal_loss
 from retailsim.ops.focal_loss.reference import focal_loss_eager, linear_focal_loss_eager
@@ -85,7 +85,9 @@ def test_focal_loss_fwd_bwd(benchmark, device, quick, impl, gamma):
         liger_ce = _liger("LigerCrossEntropyLoss")
         fn, name = (lambda: liger_ce(logits, target)), "Liger cross-entropy"
     group = f"focal_loss fwd+bwd {rows}x{n_cols} {str(dtype).removeprefix('torch.')} gamma={gamma:g}"
-    measure(benchmark, _fwd_bwd(fn, [logits]), device=device, group=group, impl=name, ours=impl == "ours")
+    # The least one fwd+bwd does: read the logits once, write their gradient once; one exp per logit.
+    work = Work(bytes=2 * logits.numel() * logits.element_size(), fp32_flops=4 * logits.numel(), exps=logits.numel())
+    measure(benchmark, _fwd_bwd(fn, [logits]), device=device, group=group, impl=name, ours=impl == "ours", work=work)
 
 
 @pytest.mark.parametrize("gamma", [GAMMA, 0.0], ids=lambda g: f"gamma{g:g}")
@@ -118,4 +120,8 @@ def test_linear_focal_loss_fwd_bwd(benchmark, device, quick, size, impl, gamma):
         fn, name = (lambda: liger_flce(weight, hidden, target)), "Liger fused linear cross-entropy"
     group = (f"linear_focal_loss fwd+bwd {rows}x{hidden_size}x{n_cols} {str(dtype).removeprefix('torch.')} "
              f"gamma={gamma:g}" + (" (CPU: reduced shape)" if device.type == "cpu" and not quick else ""))
-    measure(benchmark, _fwd_bwd(fn, [hidden, weight]), device=device, group=group, impl=name, ours=impl == "ours")
+    # The least: hidden and weight read once, their gradients written once, three (rows x H x V) products.
+    work = Work(bytes=2 * (hidden.numel() + weight.numel()) * hidden.element_size(),
+                tc_flops=6 * rows * hidden_size * n_cols, exps=rows * n_cols)
+    measure(benchmark, _fwd_bwd(fn, [hidden, weight]), device=device, group=group, impl=name, ours=impl == "ours",
+            work=work)

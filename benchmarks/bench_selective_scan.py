@@ -4,7 +4,7 @@ and on CUDA accelerated-scan's Triton scan (over dim·N channels) and torch.comp
 ``ours`` is what ``selective_scan`` dispatches to (C++ or PyTorch on CPU, Triton on CUDA); ``torch-path`` is
 the PyTorch path forced, whose target is ≥ 1× the reference; ``triton`` runs only in the --quick CPU dry run
 (through the interpreter, so its time means nothing there). CUDA rows of ours also record the achieved
-fraction of the device's memory bandwidth (byte floor in benchmarks/notes/selective_scan.md).
+floor from ``least_work`` (every row gets the same floor, through the harness).
 Peers that are not installed are skipped with a line saying so.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import measure
+from harness import Work, measure
 from retailsim.ops import backend, selective_scan
 from retailsim.ops.selective_scan.function import launchers
 from retailsim.ops.selective_scan.reference import discretize_delta, selective_scan_ref
@@ -126,23 +126,18 @@ def peer(impl: str, device: torch.device, length: int, passes: str):
     raise AssertionError(impl)
 
 
-def bandwidth_floor_bytes(shape, dtype, passes: str) -> int:
-    """Bytes a perfect kernel moves: u, Δ, z read and out written (plus B, C) forward; backward also reads
-    them and dout and writes du, dΔ, dz, dB, dC. A, D, bias and the state are negligible."""
+def least_work(shape, dtype, passes: str) -> Work:
+    """What a perfect kernel does: u, Δ, z read and out written (plus B, C) forward; backward also reads
+    them and dout and writes du, dΔ, dz, dB, dC (A, D, bias and the state are negligible); one exp(Δ A) per
+    (batch, channel, step, state) each way."""
     batch, dim, length, dstate = shape
     size = torch.tensor([], dtype=dtype).element_size()
     seq, bc = batch * dim * length * size, batch * dstate * length * size
     forward = 4 * seq + 2 * bc
-    return forward if passes == "fwd" else forward + 7 * seq + 4 * bc
-
-
-def peak_bandwidth(device: torch.device) -> float | None:
-    props = torch.cuda.get_device_properties(device)
-    clock_khz, bus_bits = getattr(props, "memory_clock_rate", None), getattr(props, "memory_bus_width", None)
-    if clock_khz and bus_bits:
-        return 2 * clock_khz * 1e3 * bus_bits / 8  # double data rate
-    table = {"H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "H200": 4.8e12, "A100-SXM4-80GB": 2.04e12}
-    return next((bw for key, bw in table.items() if key in props.name), None)
+    steps = batch * dim * length * dstate
+    if passes == "fwd":
+        return Work(bytes=forward, fp32_flops=4 * steps, exps=steps)
+    return Work(bytes=forward + 7 * seq + 4 * bc, fp32_flops=14 * steps, exps=2 * steps)
 
 
 def repetitions(impl: str, device: torch.device, quick: bool) -> dict:
@@ -189,16 +184,7 @@ def test_selective_scan(benchmark, device, quick, impl, passes, case):
     try:
         with torch.no_grad() if passes == "fwd" else torch.enable_grad():
             measure(benchmark, call, device=device, group=f"selective_scan {name} {str(dtype)[6:]} {passes}",
-                    impl=label, ours=impl == "ours", **repetitions(impl, device, quick))
+                    impl=label, ours=impl == "ours", work=least_work(shape, dtype, passes),
+                    **repetitions(impl, device, quick))
     finally:
         backend.set_backend(None)
-    if impl == "ours" and device.type == "cuda" and benchmark.extra_info.get("device_ms"):
-        seconds = benchmark.extra_info["device_ms"] * 1e-3
-        floor = bandwidth_floor_bytes(shape, dtype, passes)
-        benchmark.extra_info["floor_GBps"] = round(floor / seconds / 1e9, 1)
-        peak = peak_bandwidth(device)
-        if peak:
-            benchmark.extra_info["bandwidth_fraction"] = round(floor / seconds / peak, 3)
-        print(f"\n{name} {dtype} {passes}: {benchmark.extra_info['device_ms']:.3f} ms, "
-              f"{floor / seconds / 1e9:.0f} GB/s of the byte floor"
-              + (f" = {floor / seconds / peak:.1%} of peak" if peak else ""))

@@ -110,10 +110,11 @@ def linear_focal_loss(
 ) -> torch.Tensor:
     """``focal_loss(hidden @ weight.T + bias, target, ...)`` without ever holding all N x V logits.
 
-    Rows are processed in chunks of at most 64 MiB of logits: each chunk's logits come from one matmul, the
-    focal kernel turns them in place into their gradient, and two more matmuls fold that into the hidden and
-    weight gradients (fp32 accumulation across chunks). Gradients are computed in the forward pass (reduction
-    ``"none"``: in backward, recomputing the chunks, since they need the per-row grad_output).
+    Rows are processed in chunks of at most 128 MiB of logits (``function.LOGITS_CHUNK_BYTES``): each chunk's
+    logits come from one matmul, the focal kernel turns them in place into their gradient, and two more
+    matmuls fold that into the hidden and weight gradients (fp32 accumulation across chunks). Gradients are
+    computed in the forward pass (reduction ``"none"``: in backward, recomputing the chunks, since they need
+    the per-row grad_output).
 
     Args:
         hidden: (..., H) float32, float16, bfloat16 or float64.

@@ -33,7 +33,10 @@ def _log1p(x):
     return tl.where(x < 0.25, series, tl.log(1.0 + x))
 
 
-@triton.jit
+# n_cols (the vocabulary) stays specialised on purpose: it is fixed for a model, and when it divides by 16 the
+# masks fold away (kernel report, sm_90, V = 131072: 209 hot-loop instructions specialised, 230 not). The row
+# count is the grid, never an argument, so a new batch size never recompiles.
+@triton.jit(do_not_specialize=["ignore_index"])
 def _focal_loss_kernel(
     logits_ptr, stride_logits,  # (N, V) rows, unit stride along V
     grad_ptr, stride_grad,  # (N, V) output gradient; may be logits_ptr itself (in place)

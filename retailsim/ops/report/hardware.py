@@ -19,7 +19,7 @@ moves once); dual issue and tensor-core pipe occupancy are not modelled.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,22 @@ TARGETS = {
     80: Target("sm_80", "A100 SXM4 80GB", 108, 1.41, 2.039, 312.0, 156.0, 19.5, smem_per_sm=167936),
     90: Target("sm_90", "H100 SXM5 80GB", 132, 1.98, 3.35, 989.0, 494.0, 67.0, smem_per_sm=233472),
 }
+# The H200 (SXM) is the H100's chip with HBM3e at 4.8 TB/s (NVIDIA H200 datasheet); its rates are the H100's.
+H200 = Target("sm_90", "H200 SXM 141GB", 132, 1.98, 4.8, 989.0, 494.0, 67.0, smem_per_sm=233472)
+
+
+def target_for_device(name: str) -> Target | None:
+    """The datasheet target of a CUDA device, by the name ``torch.cuda.get_device_name`` gives; None if unknown."""
+    if "H200" in name:
+        return H200
+    if "H100" in name and "PCIe" in name:  # its datasheet: 114 SMs, 2.0 TB/s, 756 / 378 / 51 TFLOP/s
+        return replace(TARGETS[90], name="H100 PCIe 80GB", sms=114, bandwidth_tbs=2.0, tc_bf16_tflops=756.0,
+                       tc_tf32_tflops=378.0, fp32_tflops=51.0)
+    if "H100" in name:
+        return TARGETS[90]
+    if "A100" in name:
+        return TARGETS[80]
+    return None
 
 
 def ctas_per_sm(target: Target, registers: int, num_warps: int, smem_bytes: int) -> int:

@@ -2,7 +2,9 @@
 
 Layout: one program per (block of BLOCK_D channels, batch element); it walks the sequence in chunks of
 CHUNK steps holding [BLOCK_D, N_PAD, CHUNK] register tiles, the state h in ``ACC`` (float32; float64 only
-for float64 inputs, which the gradcheck uses). L is a runtime argument: no recompilation per length.
+for float64 inputs, which the gradcheck uses). L is a runtime argument that Triton does not specialise on
+(``do_not_specialize``); strides keep their specialisation (unit stride and 16-divisibility give vector
+loads), so a layout whose strides change alignment class with L compiles once per class, never per length.
 A block never straddles a B/C group (the launcher picks BLOCK_D dividing dim/groups when groups > 1), so a
 chunk loads its B and C tiles once for all its channels.
 """
@@ -79,7 +81,7 @@ def _load_chunk(p_u, p_delta, p_bias, p_B, p_C, i_b, i_g, o_d, o_l, m_d, m_l, o_
 # Within a chunk the affine maps (a_t, x_t) are composed by an associative scan along CHUNK; the state
 # entering the chunk is applied afterwards (h_t = H_t + (a_0...a_t) h_in). exp is exp2 of Δ·(A·log2 e).
 # Grid: (cdiv(dim, BLOCK_D), batch). Saves the state entering every chunk for the backward.
-@triton.jit
+@triton.jit(do_not_specialize=["length"])
 def _selective_scan_fwd_kernel(
     p_u, p_delta, p_A, p_B, p_C, p_D, p_z, p_bias, p_out, p_last, p_ckpt,
     stride_u_b, stride_u_d, stride_u_l, stride_dt_b, stride_dt_d, stride_dt_l, stride_z_b, stride_z_d, stride_z_l,
@@ -141,7 +143,7 @@ def _selective_scan_fwd_kernel(
 # its states from the checkpoint the forward saved, and the adjoint carried in from the chunk after it.
 # Sums over channels (dB, dC) and over batch/time (dA, dD, dΔ-bias) leave per-program partials that torch
 # sums afterwards in a fixed order: deterministic, no atomics. Grid: (cdiv(dim, BLOCK_D), batch).
-@triton.jit
+@triton.jit(do_not_specialize=["length"])
 def _selective_scan_bwd_kernel(
     p_dout, p_u, p_delta, p_A, p_B, p_C, p_D, p_z, p_bias, p_ckpt,
     p_du, p_ddelta, p_dz, p_dA_part, p_dB_part, p_dC_part, p_dD_part, p_dbias_part,

@@ -99,3 +99,30 @@ def test_capture_counts_host_syncs_and_launches_on_fake_cuda_tensors():
     syncs, ops = result.stdout.strip().split(" ", 1)
     assert syncs == "1"  # bool(tensor) on a CUDA tensor is one device-to-host copy
     assert "'any'" in ops and "'gt'" in ops and "'sum'" in ops
+
+
+# Lengths that change from call to call: a kernel specialised on them recompiles per length class. (The focal
+# kernel's only length is the vocabulary, fixed per model and kept specialised: see its comment.)
+RUNTIME_LENGTHS = {
+    "retailsim.ops.selective_scan.triton:_selective_scan_fwd_kernel": {"length"},
+    "retailsim.ops.selective_scan.triton:_selective_scan_bwd_kernel": {"length"},
+    "retailsim.ops.contrastive_loss.triton:_contrastive_fwd_kernel": {"N", "M"},
+    "retailsim.ops.contrastive_loss.triton:_contrastive_bwd_candidate_kernel": {"N", "M"},
+}
+
+
+def test_no_kernel_specialises_on_a_runtime_length():
+    script = (
+        "import importlib, json, sys\n"
+        "out = {}\n"
+        "for name in json.loads(sys.argv[1]):\n"
+        "    module, kernel = name.split(':')\n"
+        "    fn = getattr(importlib.import_module(module), kernel)\n"
+        "    out[name] = sorted(p.name for p in fn.params if p.do_not_specialize)\n"
+        "print(json.dumps(out))\n"
+    )
+    result = _run(["-c", script, json.dumps(sorted(RUNTIME_LENGTHS))], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    unspecialised = json.loads(result.stdout)
+    for name, lengths in RUNTIME_LENGTHS.items():
+        assert lengths <= set(unspecialised[name]), f"{name} specialises on {lengths - set(unspecialised[name])}"
