@@ -29,7 +29,6 @@ from tests.tolerances import (
 )
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-GRAD_ORDER = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")  # the launchers' order
 SHAPES = {  # id -> (batch, dim, L, N, B groups, C groups); None: (batch, N, L)
     "L1-dim3-N1": (2, 3, 1, 1, None, None),
     "L63-dim5-N16": (2, 5, 63, 16, None, None),
@@ -91,10 +90,9 @@ def reference64(inputs, softplus, dout):
 
 
 def run_launchers(launchers, inputs, softplus, dout):
-    args = [inputs[n] for n in NAMES]
-    out, last, saved = launchers.selective_scan_fwd(*args, softplus)
-    grads = launchers.selective_scan_bwd(dout, *args, softplus, saved)
-    return out, last, saved, dict(zip(GRAD_ORDER, grads))
+    out, last, checkpoints = launchers.forward(**inputs, delta_softplus=softplus)
+    grads = launchers.backward(dout=dout, **inputs, delta_softplus=softplus, checkpoints=checkpoints)
+    return out, last, (checkpoints,), {name: getattr(grads, f"d{name}") for name in NAMES}
 
 
 def random_dout(inputs, seed):
@@ -373,10 +371,9 @@ def test_backward_rejects_checkpoints_of_another_problem():
 @needs_cpp
 def test_launchers_reject_non_cpu_or_integer_tensors():
     inputs, softplus = make_inputs(1, 2, 5, 2, seed=201)
-    args = [inputs[n] for n in NAMES]
-    args[1] = args[1].to(torch.int32)
+    inputs["delta"] = inputs["delta"].to(torch.int32)
     with pytest.raises(TypeError, match="delta must be a floating-point tensor"):
-        native.selective_scan_fwd(*args, softplus)
+        native.forward(**inputs, delta_softplus=softplus)
     with pytest.raises(ValueError, match="positive int"):
         native.set_num_threads(0)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from retailsim.ops.selective_scan.function import SelectiveScanFn, launchers
+from retailsim.ops.selective_scan.function import SelectiveScanFn, resolve
 from retailsim.ops.selective_scan.reference import selective_scan_ref
 
 __all__ = ["selective_scan", "selective_scan_ref"]
@@ -103,6 +103,6 @@ def selective_scan(
             _check(name, tensor, (dim,), device)
     if z is not None:
         _check("z", z, (batch, dim, length), device)
-    _, launcher = launchers(device)
-    out, last_state = SelectiveScanFn.apply(launcher, u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
+    out, last_state = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                            resolve(device.type))
     return (out, last_state) if return_last_state else out

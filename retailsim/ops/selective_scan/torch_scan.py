@@ -8,17 +8,16 @@ adjoint recurrence g_t = C_t dy_t + exp(Δ_{t+1} A) g_{t+1} the same way. Memory
 O(batch·dim·N·chunk) plus the checkpoints; everything is float32 (no float64: MPS has none), except for
 float64 inputs, which compute in float64 so that the backward can be gradchecked.
 
-Launcher contract (shared with the Triton and C++ paths):
-  ``selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> (out, last_state, saved)``
-  ``selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved) -> grads``
-with out float32 (batch, dim, L), last_state float32 (batch, dim, N), grads float32 in the order
-(du, ddelta, dA, dB, dC, dD, ddelta_bias, dz), None for absent inputs.
+Launcher contract: ``contract.py`` (keyword-only ``forward`` / ``backward``, ``checkpoint_shape``,
+``config_for``); out, last_state and the gradients in float32 (float64 for float64 inputs). ``checkpoints``
+is the state entering each chunk, (n_chunks, batch, groups, dim/groups, N).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from retailsim.ops.selective_scan.contract import ScanForward, ScanGrads, groups_of
 from retailsim.ops.selective_scan.reference import compute_dtype
 
 # Elements of one chunk's (chunk, batch, dim, N) work tensors: about 16 MB each in float32.
@@ -28,6 +27,18 @@ SOFTPLUS_THRESHOLD = 20.0
 
 def chunk_length(batch: int, dim: int, dstate: int, length: int) -> int:
     return max(1, min(length, CHUNK_ELEMENTS // max(1, batch * dim * dstate)))
+
+
+def config_for(shape: tuple, dtype: torch.dtype, arch: str | None = None) -> dict:
+    """{"chunk": steps per bulk chunk} for (batch, dim, L, N); the same on every device."""
+    batch, dim, length, dstate = shape
+    return {"chunk": chunk_length(batch, dim, dstate, length)}
+
+
+def checkpoint_shape(batch: int, dim: int, length: int, dstate: int, groups: int, save_states: bool = True) -> tuple:
+    """The state entering each chunk: (n_chunks, batch, groups, dim/groups, N)."""
+    n_chunks = -(-length // chunk_length(batch, dim, dstate, length))
+    return (n_chunks, batch, groups, dim // groups, dstate)
 
 
 def _grouped(BC: torch.Tensor, work: torch.dtype) -> torch.Tensor:
@@ -40,7 +51,7 @@ def _grouped(BC: torch.Tensor, work: torch.dtype) -> torch.Tensor:
 def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     batch, dim, length = u.shape
     work = compute_dtype(u.dtype)
-    groups = B.shape[1] if B.dim() == 4 else (C.shape[1] if C.dim() == 4 else 1)
+    groups = groups_of(B, C)
     per_group = dim // groups
     shape = (length, batch, groups, per_group)
     # Step-major layouts: a step's slice is contiguous (batch, groups, dim/groups).
@@ -84,7 +95,9 @@ def _to_bdl(x_t: torch.Tensor, batch: int, dim: int) -> torch.Tensor:
     return x_t.reshape(x_t.shape[0], batch, dim).permute(1, 2, 0)
 
 
-def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+def forward(*, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+            save_states=True) -> ScanForward:
+    """The chunked forward; it always keeps the chunk-start states (they are small)."""
     p = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     batch, dim, length, dstate = p["batch"], p["dim"], p["length"], A.shape[1]
     chunk = chunk_length(batch, dim, dstate, length)
@@ -99,11 +112,11 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         out_t[start:stop] = _gate(p, y, start, stop)
         state = states[-1].clone()
     out = _to_bdl(out_t, batch, dim).contiguous()
-    return out, state.reshape(batch, dim, dstate), (torch.stack(checkpoints),)
+    return ScanForward(out, state.reshape(batch, dim, dstate), torch.stack(checkpoints))
 
 
-def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved):
-    (checkpoints,) = saved
+def backward(*, dout, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+             checkpoints) -> ScanGrads:
     p = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     batch, dim, length, dstate = p["batch"], p["dim"], p["length"], A.shape[1]
     groups, shape = p["groups"], p["shape"]
@@ -162,13 +175,13 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus
     # (L, batch, G, N) -> (batch, G, N, L), summing the groups away where B or C had none.
     dB = dB_t.sum(2).permute(1, 2, 0) if B.dim() == 3 else dB_t.permute(1, 2, 3, 0)
     dC = dC_t.sum(2).permute(1, 2, 0) if C.dim() == 3 else dC_t.permute(1, 2, 3, 0)
-    return (
-        _to_bdl(du_t, batch, dim).contiguous(),
-        ddelta.contiguous(),
-        dA.reshape(dim, dstate),
-        dB.contiguous(),
-        dC.contiguous(),
-        None if dD is None else dD.reshape(dim),
-        ddelta_bias,
-        None if dz_t is None else _to_bdl(dz_t, batch, dim).contiguous(),
+    return ScanGrads(
+        du=_to_bdl(du_t, batch, dim).contiguous(),
+        ddelta=ddelta.contiguous(),
+        dA=dA.reshape(dim, dstate),
+        dB=dB.contiguous(),
+        dC=dC.contiguous(),
+        dD=None if dD is None else dD.reshape(dim),
+        dz=None if dz_t is None else _to_bdl(dz_t, batch, dim).contiguous(),
+        ddelta_bias=ddelta_bias,
     )

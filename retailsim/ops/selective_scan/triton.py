@@ -1,4 +1,4 @@
-"""Triton kernels of the selective scan and their launchers (contract in ``torch_scan.py``).
+"""Triton kernels of the selective scan and their launchers (contract in ``contract.py``).
 
 Layout: one program per (block of BLOCK_D channels, batch element); it walks the sequence in chunks of
 CHUNK steps holding [BLOCK_D, N_PAD, CHUNK] register tiles, the state h in ``ACC`` (float32; float64 only
@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from retailsim.ops.selective_scan.contract import ScanForward, ScanGrads, groups_of
 
 SOFTPLUS_THRESHOLD = 20.0
 TILE_ELEMENTS = 4096  # BLOCK_D * N_PAD * CHUNK: what 8 warps hold in registers without spilling
@@ -261,21 +263,31 @@ def _config(dim: int, dstate: int, groups: int) -> tuple[int, int]:
     return block_d, n_pad
 
 
+def config_for(shape: tuple, dtype: torch.dtype, arch: str | None = None, groups: int = 1) -> dict:
+    """The tiles and warps both kernels launch with for (batch, dim, L, N): the same on every arch today."""
+    batch, dim, length, dstate = shape
+    block_d, n_pad = _config(dim, dstate, groups)
+    return {"BLOCK_D": block_d, "N_PAD": n_pad, "CHUNK": CHUNK, "num_warps": NUM_WARPS,
+            "grid": (triton.cdiv(dim, block_d), batch)}
+
+
+def checkpoint_shape(batch: int, dim: int, length: int, dstate: int, groups: int, save_states: bool = True) -> tuple:
+    """The state entering every CHUNK-step chunk, (batch, dim, n_chunks, N); a 1-element stand-in unsaved."""
+    return (batch, dim, triton.cdiv(length, CHUNK), dstate) if save_states else (1,)
+
+
 def _bc_strides(BC: torch.Tensor) -> tuple[int, int, int, int]:
     if BC.dim() == 3:
         return BC.stride(0), 0, BC.stride(1), BC.stride(2)
     return BC.stride(0), BC.stride(1), BC.stride(2), BC.stride(3)
 
 
-def _groups(B: torch.Tensor, C: torch.Tensor) -> int:
-    return B.shape[1] if B.dim() == 4 else (C.shape[1] if C.dim() == 4 else 1)
-
-
 def _common(u, delta, A, B, C, z):
     batch, dim, length = u.shape
     dstate = A.shape[1]
-    groups = _groups(B, C)
-    block_d, n_pad = _config(dim, dstate, groups)
+    groups = groups_of(B, C)
+    config = config_for((batch, dim, length, dstate), u.dtype, groups=groups)
+    block_d, n_pad = config["BLOCK_D"], config["N_PAD"]
     z_strides = z.stride() if z is not None else (0, 0, 0)
     strides = dict(
         stride_u_b=u.stride(0), stride_u_d=u.stride(1), stride_u_l=u.stride(2),
@@ -286,19 +298,19 @@ def _common(u, delta, A, B, C, z):
         **dict(zip(("stride_C_b", "stride_C_g", "stride_C_n", "stride_C_l"), _bc_strides(C))),
         dim=dim, dstate=dstate, length=length, dim_per_group=dim // groups,
     )
-    grid = (triton.cdiv(dim, block_d), batch)
-    return batch, dim, length, dstate, groups, block_d, n_pad, strides, grid
+    return batch, dim, length, dstate, groups, block_d, n_pad, strides, config["grid"]
 
 
-def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    """Launcher: (out in u's dtype on the GPU, last_state (batch, dim, N), (chunk-start states,))."""
+def forward(*, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+            save_states=True) -> ScanForward:
+    """out in u's dtype on the GPU, last_state (batch, dim, N), the chunk-start states when ``save_states``."""
     batch, dim, length, dstate, groups, block_d, n_pad, strides, grid = _common(u, delta, A, B, C, z)
     acc_tl, acc_torch = _acc_dtype(u)
-    save = any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    save = bool(save_states)
     out = torch.empty((batch, dim, length), dtype=_io_dtype(u, acc_torch), device=u.device)
     last_state = torch.empty((batch, dim, dstate), dtype=acc_torch, device=u.device)
-    n_chunks = triton.cdiv(length, CHUNK)
-    checkpoints = torch.empty((batch, dim, n_chunks, dstate) if save else (1,), dtype=acc_torch, device=u.device)
+    checkpoints = torch.empty(checkpoint_shape(batch, dim, length, dstate, groups, save), dtype=acc_torch,
+                              device=u.device)
     D_arg = D.contiguous() if D is not None else out
     bias_arg = delta_bias.contiguous() if delta_bias is not None else out
     _selective_scan_fwd_kernel[grid](
@@ -307,12 +319,12 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         SAVE_STATES=save, BLOCK_D=block_d, N_PAD=n_pad, CHUNK=CHUNK, ACC=acc_tl, num_warps=NUM_WARPS,
     )
-    return out, last_state, (checkpoints,)
+    return ScanForward(out, last_state, checkpoints)
 
 
-def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved):
-    """Launcher: (du, ddelta, dA, dB, dC, dD, ddelta_bias, dz); du/ddelta/dz in their inputs' dtypes."""
-    (checkpoints,) = saved
+def backward(*, dout, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+             checkpoints) -> ScanGrads:
+    """Every gradient; du/ddelta/dz in their inputs' dtypes on the GPU."""
     batch, dim, length, dstate, groups, block_d, n_pad, strides, grid = _common(u, delta, A, B, C, z)
     acc_tl, acc_torch = _acc_dtype(u)
     device = u.device
@@ -339,11 +351,11 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus
     )
     dB = _reduce_channel_blocks(dB_part, B, groups)
     dC = _reduce_channel_blocks(dC_part, C, groups)
-    return (
-        du, ddelta, dA_part.sum(0), dB, dC,
-        dD_part.sum(0) if dD_part is not None else None,
-        dbias_part.sum(0) if dbias_part is not None else None,
-        dz,
+    return ScanGrads(
+        du=du, ddelta=ddelta, dA=dA_part.sum(0), dB=dB, dC=dC,
+        dD=dD_part.sum(0) if dD_part is not None else None,
+        dz=dz,
+        ddelta_bias=dbias_part.sum(0) if dbias_part is not None else None,
     )
 
 
