@@ -8,12 +8,18 @@ The request comes from ``set_backend`` or the ``RETAILSIM_BACKEND`` environment 
 anything else (MPS) -> torch. An explicit request that cannot run raises; an explicit ``native`` for an op
 that has no C++ kernel runs the torch path (so a global ``RETAILSIM_BACKEND=native`` stays usable).
 Ops resolve before calling their ``autograd.Function``, so forward and backward run on the same backend.
+
+The registry: each op registers, when its package is imported, the function that says what serves a device
+(``register``); ``implementation(op, device)`` asks it and ``backend_info`` lists every registered op. The
+causal conv has its own rule (the causal-conv1d package on CUDA) behind the same call. Under
+``torch.compile`` the choice is read once, when the model is traced.
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
 import os
+from typing import Callable
 
 import torch
 
@@ -21,6 +27,19 @@ from retailsim import native
 
 BACKENDS = ("auto", "triton", "native", "torch")
 _requested: str | None = None  # set_backend overrides the environment variable
+_REGISTRY: dict[str, Callable[[torch.device], str]] = {}  # op -> what serves a device
+
+
+def register(op: str, implementation: Callable[[torch.device], str]) -> None:
+    """Enter ``op`` with the function that names the implementation serving tensors of a device."""
+    _REGISTRY[op] = implementation
+
+
+def implementation(op: str, device: torch.device | str) -> str:
+    """The implementation of a registered ``op`` for tensors on ``device`` (raises as ``resolve`` does)."""
+    if op not in _REGISTRY:
+        raise KeyError(f"unknown op {op!r}; registered: {', '.join(sorted(_REGISTRY))}.")
+    return _REGISTRY[op](torch.device(device))
 
 
 def _validate(name: str, source: str) -> str:
@@ -104,15 +123,12 @@ def backend_info() -> dict:
         "mps_available": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
         "ops": {},
     }
-    for op, has_native in (("selective_scan", True), ("focal_loss", False), ("contrastive_loss", False)):
+    for op in sorted(_REGISTRY):
         per_device = {}
         for kind in ("cpu", "cuda", "mps"):
             try:
-                per_device[kind] = resolve(op, torch.device(kind), has_native)
+                per_device[kind] = implementation(op, kind)
             except RuntimeError as error:
                 per_device[kind] = f"error: {error}"
         info["ops"][op] = per_device
-    from retailsim.ops.causal_conv import implementation  # its own rule: causal-conv1d / native / torch
-
-    info["ops"]["causal_conv1d"] = {kind: implementation(kind) for kind in ("cpu", "cuda", "mps")}
     return info

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retailsim.ops import selective_scan, set_backend
+from retailsim.ops import causal_conv1d, selective_scan, set_backend
 from retailsim.ops.selective_scan.function import native_launchers
 
 CPU_BACKENDS = ["torch", pytest.param("native", marks=pytest.mark.skipif(
@@ -40,3 +40,17 @@ def test_selective_scan_compiles_without_a_graph_break(backend_name):
         return (out * torch.linspace(-1, 1, length)).square().sum()
 
     _compiled_matches_eager(loss, args, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend_name", CPU_BACKENDS)
+def test_causal_conv1d_compiles_without_a_graph_break(backend_name):
+    set_backend(backend_name)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 40, 6, generator=gen).transpose(1, 2).requires_grad_()  # time-major, as the model's
+    weight = torch.randn(6, 4, generator=gen).requires_grad_()
+    bias = torch.randn(6, generator=gen).requires_grad_()
+
+    def loss(x, weight, bias):
+        return (causal_conv1d(x, weight, bias, activation="silu") * torch.linspace(-1, 1, 40)).square().sum()
+
+    _compiled_matches_eager(loss, (x, weight, bias), atol=1e-5)

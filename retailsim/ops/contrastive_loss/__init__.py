@@ -20,6 +20,7 @@ DEFAULT_ALGORITHM = "fused"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 __all__ = ["contrastive_loss"]
+backend.register("contrastive_loss", lambda device: backend.resolve("contrastive_loss", device, has_native=False))
 
 
 def contrastive_loss(

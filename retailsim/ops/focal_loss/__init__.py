@@ -14,6 +14,7 @@ from retailsim.ops.focal_loss.function import FocalLossFunction, LinearFocalLoss
 __all__ = ["focal_loss", "linear_focal_loss"]
 
 REDUCTIONS = ("mean", "sum", "none")
+_backend.register("focal_loss", lambda device: _backend.resolve("focal_loss", device, has_native=False))
 
 
 def _check_common(target, n_classes, gamma, alpha, reduction, device, ignore_index):

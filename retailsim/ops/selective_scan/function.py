@@ -39,6 +39,9 @@ def resolve(device_type: str) -> str:
     return backend.resolve("selective_scan", torch.device(device_type), has_native=native_launchers() is not None)
 
 
+backend.register("selective_scan", lambda device: resolve(device.type))
+
+
 def launchers(device: torch.device) -> tuple[str, ModuleType]:
     """(backend name, launcher module) for tensors on ``device``."""
     name = resolve(device.type)
