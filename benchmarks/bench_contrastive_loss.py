@@ -2,19 +2,14 @@
 full-matrix loss (our float64 parity reference, run in the benchmark dtype) and torch.compile of it.
 Time and peak memory per call. CUDA: the SPEC shape 4096 x 4096 x 512 in bf16 and fp32 (fp32 with IEEE
 products, TF32 off, for both us and the peers). CPU: a reduced shape, named in the group, since the SPEC
-shape takes tens of seconds per call on 2 cores. ``--quick``: tiny shapes, eager and ours only.
-Ours has a row per Triton algorithm ("ours-fused", "ours-split", RETAILSIM_CONTRASTIVE_ALGO); the default one is
-marked ``ours``. On the PyTorch path (no Triton) both rows time the same chunked code."""
+shape takes tens of seconds per call on 2 cores. ``--quick``: tiny shapes, eager and ours only."""
 from __future__ import annotations
-
-import os
 
 import pytest
 import torch
 
 from harness import Work, measure
 from retailsim.ops import backend, contrastive_loss
-from retailsim.ops.contrastive_loss import ALGORITHM_ENV, ALGORITHMS, DEFAULT_ALGORITHM
 from retailsim.ops.contrastive_loss.reference import contrastive_loss_ref
 
 CUDA_SHAPE = (4096, 4096, 512)
@@ -52,7 +47,7 @@ def cases(device_type: str, quick: bool):
     return [(CPU_SHAPE, torch.float32)]
 
 
-IMPLS = (*(f"ours-{algorithm}" for algorithm in ALGORITHMS), "eager", "torch.compile")
+IMPLS = ("ours", "eager", "torch.compile")
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -66,12 +61,10 @@ def test_contrastive_fwd_bwd(benchmark, device, quick, impl, case):
         pytest.skip("torch.compile peer: skipped in --quick dry runs (compilation alone takes minutes on CPU)")
     backend.set_backend(None)
     previous_tf32 = torch.backends.cuda.matmul.allow_tf32
-    previous_algorithm = os.environ.get(ALGORITHM_ENV)
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
         anchors, candidates, ids = problem(shape, dtype, device)
-        if impl.startswith("ours-"):
-            os.environ[ALGORITHM_ENV] = impl.removeprefix("ours-")
+        if impl == "ours":
             loss_fn = contrastive_loss
         elif impl == "eager":
             loss_fn = contrastive_loss_ref
@@ -86,12 +79,8 @@ def test_contrastive_fwd_bwd(benchmark, device, quick, impl, case):
         work = Work(bytes=2 * (n + m) * d * anchors.element_size(), tc_flops=(3 if fp32 else 1) * 6 * n * m * d,
                     exps=n * m, tc_peak="tf32" if fp32 else "bf16")
         measure(benchmark, fwd_bwd(loss_fn, anchors, candidates, ids), device=device, group=group, work=work,
-                impl=impl, ours=impl == f"ours-{DEFAULT_ALGORITHM}",
+                impl=impl, ours=impl == "ours",
                 backend=backend.resolve("contrastive_loss", device, has_native=False) if impl.startswith("ours")
                 else "")
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous_tf32
-        if previous_algorithm is None:
-            os.environ.pop(ALGORITHM_ENV, None)
-        else:
-            os.environ[ALGORITHM_ENV] = previous_algorithm

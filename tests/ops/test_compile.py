@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retailsim.ops import causal_conv1d, selective_scan, set_backend
+from retailsim.ops import backend, causal_conv1d, contrastive_loss, selective_scan, set_backend
 from retailsim.ops.selective_scan.function import native_launchers
 
 CPU_BACKENDS = ["torch", pytest.param("native", marks=pytest.mark.skipif(
@@ -54,3 +54,24 @@ def test_causal_conv1d_compiles_without_a_graph_break(backend_name):
         return (causal_conv1d(x, weight, bias, activation="silu") * torch.linspace(-1, 1, 40)).square().sum()
 
     _compiled_matches_eager(loss, (x, weight, bias), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "triton"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_contrastive_loss_compiles_without_a_graph_break(backend_name, reduction):
+    if backend_name == "triton" and not backend.triton_runs_on(torch.device("cpu")):
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
+    set_backend(backend_name)
+    gen = torch.Generator().manual_seed(6)
+    anchors = torch.randn(30, 24, generator=gen).requires_grad_()
+    candidates = torch.randn(30, 24, generator=gen).requires_grad_()
+    group = torch.arange(30) // 5
+    positive = (torch.arange(30) + 1) % 30
+    positive[::7] = -1
+    label = torch.randint(0, 12, (30,), generator=gen)
+
+    def loss(a, c):
+        out = contrastive_loss(a, c, positive, group, group, label, reduction=reduction)
+        return out if reduction == "mean" else (out * torch.linspace(0, 1, 30)).sum()
+
+    _compiled_matches_eager(loss, (anchors, candidates), atol=1e-6)

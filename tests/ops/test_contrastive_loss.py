@@ -1,17 +1,15 @@
 """contrastive_loss (SPEC 6.4): both paths (chunked PyTorch; Triton, on CPU through the interpreter) against
 the float64 full-matrix reference, gradients included; exclusion semantics checked against a loop written
-straight from the formula; float64 gradcheck; determinism; input errors. Every case that runs Triton runs both
-of its algorithms ("triton-fused", "triton-split": RETAILSIM_CONTRASTIVE_ALGO). CUDA cases carry the cuda marker."""
+straight from the formula; float64 gradcheck; determinism; input errors. CUDA cases carry the cuda marker."""
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
 from retailsim.ops import backend, contrastive_loss
-from retailsim.ops.contrastive_loss import ALGORITHM_ENV, DEFAULT_ALGORITHM, chunked
+from retailsim.ops.contrastive_loss import chunked
 from retailsim.ops.contrastive_loss.reference import contrastive_loss_ref
 from tests.tolerances import (
     CONTRASTIVE_GRADCHECK_ATOL,
@@ -22,29 +20,15 @@ from tests.tolerances import (
     assert_low_precision_close,
 )
 
-TRITON_ALGORITHMS = ("triton-fused", "triton-split")
-BACKENDS = ("torch", *TRITON_ALGORITHMS)
-
-
-@pytest.fixture(autouse=True)
-def _restore_algorithm():
-    """use_backend sets RETAILSIM_CONTRASTIVE_ALGO; no test may leak it into the next."""
-    previous = os.environ.get(ALGORITHM_ENV)
-    yield
-    if previous is None:
-        os.environ.pop(ALGORITHM_ENV, None)
-    else:
-        os.environ[ALGORITHM_ENV] = previous
+TRITON = ("triton",)
+BACKENDS = ("torch", *TRITON)
 
 
 def use_backend(name: str, device: torch.device) -> None:
-    """``torch``, or ``triton-<algorithm>``: the Triton backend with that algorithm."""
-    backend_name, _, algorithm = name.partition("-")
-    if backend_name == "triton" and not backend.triton_runs_on(device):
+    """``torch`` or ``triton``."""
+    if name == "triton" and not backend.triton_runs_on(device):
         pytest.skip("Triton cannot run on these tensors here (CPU needs TRITON_INTERPRET=1 and Triton)")
-    backend.set_backend(backend_name)
-    if algorithm:
-        os.environ[ALGORITHM_ENV] = algorithm
+    backend.set_backend(name)
 
 
 def make_problem(n, m, d, seed, *, dtype=torch.float64, device="cpu", groups=5, labels=9, ignored=0.2):
@@ -159,7 +143,7 @@ def test_confident_scores_no_worse_than_fp32_pytorch(backend_name):
     assert_low_precision_close(grads[1], same_grads[1], ref64_grads[1], "candidate gradient")
 
 
-@pytest.mark.parametrize("backend_name", TRITON_ALGORITHMS)
+@pytest.mark.parametrize("backend_name", TRITON)
 def test_triton_splits_and_d_chunks_match(backend_name):
     """The split of the candidate/anchor loops (partials merged by torch) and the chunking of D."""
     from retailsim.ops.contrastive_loss.triton import config_override
@@ -333,20 +317,6 @@ def test_input_errors_name_the_argument():
             contrastive_loss(**args)
 
 
-def test_algorithm_choice_default_and_error():
-    pytest.importorskip("triton")
-    from retailsim.ops.contrastive_loss import triton as fused
-    from retailsim.ops.contrastive_loss import triton_algorithm, triton_split
-
-    os.environ.pop(ALGORITHM_ENV, None)
-    assert DEFAULT_ALGORITHM == "fused" and triton_algorithm() is fused
-    os.environ[ALGORITHM_ENV] = "split"
-    assert triton_algorithm() is triton_split
-    os.environ[ALGORITHM_ENV] = "flash"
-    with pytest.raises(ValueError, match="RETAILSIM_CONTRASTIVE_ALGO must be one of fused, split"):
-        triton_algorithm()
-
-
 # ------------------------------------------------------------------------------------------------- CUDA
 
 CUDA = torch.device("cuda")
@@ -355,7 +325,7 @@ CUDA = torch.device("cuda")
 @pytest.mark.cuda
 @pytest.mark.parametrize("labels", [True, False], ids=["labels", "no-labels"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-@pytest.mark.parametrize("backend_name", TRITON_ALGORITHMS)
+@pytest.mark.parametrize("backend_name", TRITON)
 def test_cuda_fp32_matches_float64_reference(backend_name, labels, reduction):
     use_backend(backend_name, CUDA)
     floats, ids, gen = make_problem(1000, 1500, 200, seed=20, dtype=torch.float32, device="cuda", groups=300,
@@ -372,7 +342,7 @@ def test_cuda_fp32_matches_float64_reference(backend_name, labels, reduction):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("backend_name", TRITON_ALGORITHMS)
+@pytest.mark.parametrize("backend_name", TRITON)
 def test_cuda_low_precision_spec_shape(backend_name, dtype):
     use_backend(backend_name, CUDA)
     floats, ids, gen = make_problem(4096, 4096, 512, seed=21, dtype=dtype, device="cuda", groups=256,
@@ -389,7 +359,7 @@ def test_cuda_low_precision_spec_shape(backend_name, dtype):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("backend_name", TRITON_ALGORITHMS)
+@pytest.mark.parametrize("backend_name", TRITON)
 def test_cuda_float64_gradcheck(backend_name):
     use_backend(backend_name, CUDA)
     floats, ids, _ = make_problem(20, 40, 24, seed=22, device="cuda", groups=4, labels=10)
@@ -400,7 +370,7 @@ def test_cuda_float64_gradcheck(backend_name):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("backend_name", TRITON_ALGORITHMS)
+@pytest.mark.parametrize("backend_name", TRITON)
 def test_cuda_deterministic_and_no_score_matrix(backend_name):
     """Two runs give identical bits, and fwd+bwd at N = M = 8192 needs less extra memory than one bf16 N x M
     score matrix (128 MiB; everything we keep is O((N + M) D)), so none is materialised."""

@@ -1,26 +1,23 @@
 """Fused, tiled InfoNCE-style contrastive loss with group and label exclusion (SPEC 6.4)."""
 from __future__ import annotations
 
-import os
-
 import torch
 
 from retailsim.ops import backend
-from retailsim.ops.contrastive_loss import chunked
 from retailsim.ops.contrastive_loss.function import CandidateIndex, ContrastiveLossFunction
 
 REDUCTIONS = ("mean", "sum", "none")
-# Triton algorithms: "fused" (triton.py: the anchor gradient folded into the forward, two kernels) and "split"
-# (triton_split.py: FlashAttention-2's shape, three kernels with fewer registers each). The environment variable
-# RETAILSIM_CONTRASTIVE_ALGO, read at each call, overrides DEFAULT_ALGORITHM; "fused" stays the default until an
-# H100 run of benchmarks/sweeps/contrastive_sweep.py shows "split" faster.
-ALGORITHMS = ("fused", "split")
-ALGORITHM_ENV = "RETAILSIM_CONTRASTIVE_ALGO"
-DEFAULT_ALGORITHM = "fused"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 __all__ = ["contrastive_loss"]
-backend.register("contrastive_loss", lambda device: backend.resolve("contrastive_loss", device, has_native=False))
+
+
+@torch.compiler.assume_constant_result  # torch.compile reads the choice once, when it traces
+def _resolve(device_type: str) -> str:
+    return backend.resolve("contrastive_loss", torch.device(device_type), has_native=False)
+
+
+backend.register("contrastive_loss", lambda device: _resolve(device.type))
 
 
 def contrastive_loss(
@@ -63,8 +60,8 @@ def contrastive_loss(
         (float64 for float64 inputs); bf16/fp16 operands go to the tensor cores as they are.
 
     Backends (``retailsim.ops.backend``): Triton on CUDA (and on CPU under ``TRITON_INTERPRET=1``), a chunked
-    PyTorch path elsewhere; chosen before autograd records the call. Deterministic on every backend. The
-    Triton path has two algorithms, ``RETAILSIM_CONTRASTIVE_ALGO=fused|split`` (default ``DEFAULT_ALGORITHM``).
+    PyTorch path elsewhere; chosen before autograd records the call. Deterministic on every backend. Both
+    run as ``torch.library`` custom ops under ``torch.compile`` (no graph break).
 
     Example:
         >>> import torch
@@ -81,25 +78,8 @@ def contrastive_loss(
     """
     index = _validated_index(anchors, candidates, positive_index, anchor_group, candidate_group, candidate_label,
                              temperature, reduction)
-    chosen = backend.resolve("contrastive_loss", anchors.device, has_native=False)
-    if chosen == "triton":
-        impl = triton_algorithm()
-    else:
-        impl = chunked
     return ContrastiveLossFunction.apply(anchors, candidates, index, float(temperature), bool(normalize),
-                                         reduction, impl)
-
-
-def triton_algorithm():
-    """The Triton module that RETAILSIM_CONTRASTIVE_ALGO (else DEFAULT_ALGORITHM) names."""
-    name = os.environ.get(ALGORITHM_ENV, "") or DEFAULT_ALGORITHM
-    if name == "fused":
-        from retailsim.ops.contrastive_loss import triton as impl
-    elif name == "split":
-        from retailsim.ops.contrastive_loss import triton_split as impl
-    else:
-        raise ValueError(f"contrastive_loss: {ALGORITHM_ENV} must be one of {', '.join(ALGORITHMS)}, got {name!r}.")
-    return impl
+                                         reduction, _resolve(anchors.device.type))
 
 
 def _check_ids(name: str, ids: torch.Tensor, length: int, length_name: str, device: torch.device) -> None:
@@ -144,7 +124,7 @@ def _validated_index(anchors, candidates, positive_index, anchor_group, candidat
     positive_index = positive_index.to(torch.int64).contiguous()
     in_range = ((positive_index >= -1) & (positive_index < num_candidates)).all()
     message = f"contrastive_loss: positive_index values must lie in [-1, M) = [-1, {num_candidates})."
-    if anchors.device.type == "cpu":
+    if anchors.device.type == "cpu" and not torch.compiler.is_compiling():
         if not bool(in_range):
             raise ValueError(message)
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from retailsim.ops.contrastive_loss.contract import AnchorStats
 from retailsim.ops.contrastive_loss.reference import allowed_candidates
 
 # Elements of one (chunk, M) score block: 2**20 floats = 4 MiB per temporary at float32.
@@ -21,6 +22,11 @@ KEEPS_INPUT_DTYPE = False  # operands are upcast to float32 before they reach th
 
 def rows_per_chunk(num_candidates: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, num_candidates))
+
+
+def config_for(shape: tuple, dtype: torch.dtype, arch: str | None = None) -> dict:
+    """{"rows": anchors per chunk} for (N, M, D); the same on every device."""
+    return {"rows": rows_per_chunk(shape[1])}
 
 
 def _chunk_probabilities(a_chunk, c_op, index, rows: slice, scale, stats=None):
@@ -48,8 +54,9 @@ def _subtract_positive(weighted: torch.Tensor, positive: torch.Tensor, row_weigh
     return weighted.scatter_add_(1, positive.clamp(min=0)[:, None], -row_weight[:, None])
 
 
-def forward(a_op, c_op, index, scale: float, want_anchor_grad: bool, unit_weight: torch.Tensor | None):
-    """Returns ``(row_max, row_sum, positive_score, O or None, G_unit or None)`` (see the module docstring)."""
+def forward(*, a_op, c_op, index, scale: float, want_anchor_grad: bool,
+            unit_weight: torch.Tensor | None = None) -> AnchorStats:
+    """m, l, the positive scores, O (if wanted) and G at unit weights (if given), as the module docstring says."""
     num_anchors, dim = a_op.shape
     row_max, row_sum, positive_score = a_op.new_empty(3, num_anchors)               # (N,) each
     weighted_candidates = a_op.new_empty(num_anchors, dim) if want_anchor_grad else None  # (N, D)
@@ -69,10 +76,10 @@ def forward(a_op, c_op, index, scale: float, want_anchor_grad: bool, unit_weight
             row_weight = unit_weight[rows]
             d_scores = _subtract_positive(probabilities * row_weight[:, None], positive, row_weight)
             candidate_grad_unit += d_scores.T @ a_chunk
-    return row_max, row_sum, positive_score, weighted_candidates, candidate_grad_unit
+    return AnchorStats(row_max, row_sum, positive_score, weighted_candidates, candidate_grad_unit)
 
 
-def candidate_grad(a_op, c_op, index, scale: float, row_max: torch.Tensor, row_sum: torch.Tensor,
+def candidate_grad(*, a_op, c_op, index, scale: float, row_max: torch.Tensor, row_sum: torch.Tensor,
                    row_weight: torch.Tensor) -> torch.Tensor:
     """(M, D): sum_i w_i (P_ij - [j = p_i]) a_i, recomputing P chunk by chunk from the stored m and l."""
     grad = torch.zeros_like(c_op)                                                    # (M, D)

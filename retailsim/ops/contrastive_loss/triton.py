@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from retailsim.ops.contrastive_loss.contract import AnchorStats
+
 KEEPS_INPUT_DTYPE = True  # bf16/fp16 operands go to tl.dot as they are; accumulation is fp32
 
 # Kernels may read module globals only when they are constexpr.
@@ -236,15 +238,15 @@ class config_override:
         _override.update(self.previous)
 
 
-def _config(operand: torch.Tensor, dim: int, cuda_configs: dict | None = None) -> dict:
-    """The tile shapes for ``operand``'s device and dtype, from ``cuda_configs`` (default: this module's
-    ``_CUDA_CONFIG``; the split algorithm passes its own), with ``config_override``'s entries on top."""
-    if operand.device.type != "cuda":
+def config_for(shape: tuple, dtype: torch.dtype, arch: str | None) -> dict:
+    """The tile shapes and warps for (N, M, D) operands of ``dtype``: ``arch`` None means the interpreter
+    (CPU tensors), any CUDA arch the CUDA table (one for every arch today), with ``config_override`` on top."""
+    dim = shape[2]
+    if arch is None:
         config = dict(_INTERPRET_CONFIG)
     else:
-        kind = "float64" if operand.dtype == torch.float64 else (
-            "float32" if operand.dtype == torch.float32 else "half")
-        config = dict((_CUDA_CONFIG if cuda_configs is None else cuda_configs)[kind])
+        kind = "float64" if dtype == torch.float64 else ("float32" if dtype == torch.float32 else "half")
+        config = dict(_CUDA_CONFIG[kind])
     config.update(_override)
     # A chunk of D wider than D itself only pads: shrink it to the power of two covering D (>= 16 for tl.dot).
     config["BLOCK_D"] = min(config["BLOCK_D"], max(16, triton.next_power_of_2(dim)))
@@ -284,18 +286,22 @@ def _split_plan(config, programs, loop_length, block, device):
     return triton.cdiv(loop_blocks, blocks_per_split), blocks_per_split
 
 
-def forward(a_op, c_op, index, scale: float, want_anchor_grad: bool, unit_weight=None, config=None):
-    """Per anchor: max m_i and sum l_i of the allowed scores (m = M_INIT, l = 0 where ignored), the positive
-    score and, if asked, O_i = sum_j P_ij c_j. ``config``: tile shapes from ``_config`` (default: this module's).
+def _arch(operand: torch.Tensor) -> str | None:
+    if operand.device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(operand.device)
+    return f"sm_{major}{minor}"
 
-    Returns ``(row_max, row_sum, positive_score, weighted_candidates or None, None)``: the candidate gradient
-    always needs the second kernel (a row of P is only known once the anchor's whole loop is done), so
-    ``unit_weight`` is not used here.
+
+def forward(*, a_op, c_op, index, scale: float, want_anchor_grad: bool, unit_weight=None) -> AnchorStats:
+    """Per anchor: max m_i and sum l_i of the allowed scores (m = M_INIT, l = 0 where ignored), the positive
+    score and, if asked, O_i = sum_j P_ij c_j. The candidate gradient always needs the second kernel (a row
+    of P is only known once the anchor's whole loop is done), so ``unit_weight`` is not used here.
     """
     num_anchors, dim = a_op.shape
     num_candidates = c_op.shape[0]
     acc_dtype = torch.float64 if a_op.dtype == torch.float64 else torch.float32
-    config = _config(a_op, dim) if config is None else config
+    config = config_for((num_anchors, num_candidates, dim), a_op.dtype, _arch(a_op))
     anchor_blocks = triton.cdiv(num_anchors, config["BLOCK_N"])
     d_chunks = triton.cdiv(dim, config["BLOCK_D"]) if want_anchor_grad else 1
     splits, blocks_per_split = _split_plan(config, anchor_blocks * d_chunks, num_candidates,
@@ -319,7 +325,7 @@ def forward(a_op, c_op, index, scale: float, want_anchor_grad: bool, unit_weight
             BLOCK_D=config["BLOCK_D"], num_warps=config["num_warps"], num_stages=config["num_stages"],
         )
     if splits == 1:
-        return row_max[0], row_sum[0], positive_score[0], weighted[0] if want_anchor_grad else None, None
+        return AnchorStats(row_max[0], row_sum[0], positive_score[0], weighted[0] if want_anchor_grad else None, None)
     # Merge the splits: a split holding none of A(i) has m = M_INIT and l = 0, so it weighs nothing.
     total_max = row_max.max(dim=0).values                                                         # (N,)
     split_sum = row_sum * torch.exp(row_max - total_max)                                          # (S, N)
@@ -330,16 +336,16 @@ def forward(a_op, c_op, index, scale: float, want_anchor_grad: bool, unit_weight
         weighted_total = weighted[0] * split_weight[0, :, None]                                   # (N, D)
         for split in range(1, splits):
             weighted_total.addcmul_(weighted[split], split_weight[split, :, None])
-    return total_max, total_sum, positive_score.sum(dim=0), weighted_total, None
+    return AnchorStats(total_max, total_sum, positive_score.sum(dim=0), weighted_total, None)
 
 
-def candidate_grad(a_op, c_op, index, scale: float, row_max: torch.Tensor, row_sum: torch.Tensor,
-                   row_weight: torch.Tensor, config=None) -> torch.Tensor:
+def candidate_grad(*, a_op, c_op, index, scale: float, row_max: torch.Tensor, row_sum: torch.Tensor,
+                   row_weight: torch.Tensor) -> torch.Tensor:
     """(M, D): G_j = sum_i w_i (P_ij - [j = p_i]) a_i, in float32 (float64 for float64 operands)."""
     num_anchors, dim = a_op.shape
     num_candidates = c_op.shape[0]
     acc_dtype = torch.float64 if a_op.dtype == torch.float64 else torch.float32
-    config = _config(a_op, dim) if config is None else config
+    config = config_for((num_anchors, num_candidates, dim), a_op.dtype, _arch(a_op))
     candidate_blocks = triton.cdiv(num_candidates, config["BLOCK_M"])
     d_chunks = triton.cdiv(dim, config["BLOCK_D"])
     splits, blocks_per_split = _split_plan(config, candidate_blocks * d_chunks, max(num_anchors, 1),

@@ -72,7 +72,8 @@ def build(cases, archs=ARCHS, log=print) -> list:
         for arch in archs:
             target = hardware.TARGETS[arch]
             for case in cases:
-                capture = capture_call(case.make_inputs, case.call, target.sms)
+                capture = capture_call(case.make_inputs, case.call, target.sms,
+                                       (int(target.arch[3]), int(target.arch[4:])))
                 estimates, seen = [], {}
                 for launch in capture.triton:
                     key = (launch.name, arch, repr(sorted((k, _key(v)) for k, v in launch.args.items())),

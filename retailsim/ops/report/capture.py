@@ -158,8 +158,9 @@ def _bind(kernel, args, kwargs) -> tuple[dict, dict]:
 
 
 @contextlib.contextmanager
-def recording(capture: Capture, sm_count: int):
-    """Inside: Triton launches are recorded (not run), aten dispatches counted, CUDA reports ``sm_count`` SMs."""
+def recording(capture: Capture, sm_count: int, capability: tuple[int, int] = (9, 0)):
+    """Inside: Triton launches are recorded (not run), aten dispatches counted, CUDA reports ``sm_count`` SMs
+    and compute ``capability``."""
     from triton.runtime.jit import JITFunction
 
     def record(self, *args, grid, warmup, **kwargs):
@@ -176,7 +177,8 @@ def recording(capture: Capture, sm_count: int):
         capture.functions.append((cls, ctx, out))
         return out
 
-    properties = SimpleNamespace(multi_processor_count=sm_count, name="report target")
+    properties = SimpleNamespace(multi_processor_count=sm_count, name="report target", major=capability[0],
+                                 minor=capability[1])
     saved_run, saved_props = JITFunction.run, torch.cuda.get_device_properties
     saved_apply = torch.autograd.Function.__dict__["apply"]
     saved_index = torch.Tensor.__getitem__, torch.Tensor.__setitem__
@@ -194,7 +196,8 @@ def recording(capture: Capture, sm_count: int):
         torch.Tensor.__getitem__, torch.Tensor.__setitem__ = saved_index
 
 
-def capture_call(make_inputs: Callable[[], tuple], call: Callable, sm_count: int) -> Capture:
+def capture_call(make_inputs: Callable[[], tuple], call: Callable, sm_count: int,
+                 capability: tuple[int, int] = (9, 0)) -> Capture:
     """Run ``call(*make_inputs())`` forward and, through its Functions' ``backward`` on unit gradients,
     backward, on fake CUDA tensors; return what it launched."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -202,7 +205,7 @@ def capture_call(make_inputs: Callable[[], tuple], call: Callable, sm_count: int
     capture = Capture()
     with FakeTensorMode(allow_non_fake_inputs=False):
         inputs = make_inputs()
-        with recording(capture, sm_count):
+        with recording(capture, sm_count, capability):
             with torch.no_grad():
                 call(*inputs)
             for cls, ctx, out in reversed(capture.functions):
