@@ -25,10 +25,11 @@ MATMUL_ALIGN = 8
 PAD_OFF_CUDA = False  # CPU BLAS does not care (and the copy costs); tests switch it on to cover the padded path
 
 
-def _rows_fn(backend: str):
+def launcher_module(backend: str):
+    """The launcher module of backend ``backend`` (contract.py); Triton is imported only when it runs."""
     if backend == "triton":
-        return importlib.import_module("retailsim.ops.focal_loss.triton").focal_loss_rows
-    return torch_path.focal_loss_rows
+        return importlib.import_module("retailsim.ops.focal_loss.triton")
+    return torch_path
 
 
 def _reduce(per_row: torch.Tensor, n_valid: Optional[torch.Tensor], reduction: str, dtype) -> torch.Tensor:
@@ -52,9 +53,9 @@ def _focal_loss_forward_impl(
     """logits (N, V), target (N,) -> (loss: () or (N,) in logits' dtype, gradient (N, V) or empty).
     ``grad_out`` (eager only, never through the custom op): where the gradient goes, ``logits`` for in place."""
     n_valid = _count_valid(target, ignore_index, reduction)
-    per_row, grad = _rows_fn(backend)(
-        logits, target, alpha, gamma, ignore_index, reduction, compute_grad, grad_out=grad_out, n_valid=n_valid
-    )
+    per_row, grad = launcher_module(backend).forward(
+        logits=logits, target=target, alpha=alpha, gamma=gamma, ignore_index=ignore_index, reduction=reduction,
+        compute_grad=compute_grad, grad_out=grad_out, n_valid=n_valid)
     loss = _reduce(per_row, n_valid, reduction, logits.dtype)
     return loss, grad if compute_grad else logits.new_empty(0)
 
@@ -135,7 +136,7 @@ def _linear_chunks(
     need_hidden, need_weight, need_bias = needs
     compute_grad = any(needs)
     n_rows, n_cols = hidden.shape[0], weight.shape[0]
-    rows_fn = _rows_fn(backend)
+    launcher = launcher_module(backend)
     step = chunk_rows(n_cols, hidden.element_size(), chunk_bytes)
     single_chunk = 0 < n_rows <= step
     accumulate_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
@@ -159,10 +160,9 @@ def _linear_chunks(
             logits = hidden_chunk @ weight.T  # (R, V_pad)
         else:
             logits = torch.addmm(bias, hidden_chunk, weight.T)
-        chunk_loss, _ = rows_fn(
-            logits[:, :n_cols], target[rows], alpha, gamma, ignore_index, kernel_reduction, compute_grad,
-            grad_out=logits[:, :n_cols], n_valid=n_valid,
-        )
+        chunk_loss, _ = launcher.forward(
+            logits=logits[:, :n_cols], target=target[rows], alpha=alpha, gamma=gamma, ignore_index=ignore_index,
+            reduction=kernel_reduction, compute_grad=compute_grad, grad_out=logits[:, :n_cols], n_valid=n_valid)
         dlogits = logits  # (R, V_pad), the gradient now
         if pad and compute_grad:
             dlogits[:, n_cols:].zero_()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from retailsim.ops.focal_loss.contract import FocalRows
+
 CHUNK_ELEMENTS = 1 << 23  # logits values one chunk of rows holds in the compute dtype (32 MiB at fp32)
 
 
@@ -13,7 +15,13 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def focal_loss_rows(
+def config_for(shape: tuple, dtype: torch.dtype, arch: str | None = None) -> dict:
+    """{"rows": rows per chunk} for (N, V) logits; the same on every device."""
+    return {"rows": max(1, CHUNK_ELEMENTS // max(1, shape[1]))}
+
+
+def forward(
+    *,
     logits: torch.Tensor,
     target: torch.Tensor,
     alpha: torch.Tensor | None,
@@ -24,8 +32,8 @@ def focal_loss_rows(
     grad_out: torch.Tensor | None = None,
     n_valid: torch.Tensor | None = None,
     chunk_elements: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same contract as :func:`retailsim.ops.focal_loss.triton.focal_loss_rows`: per-row loss (N,) in the
+) -> FocalRows:
+    """The contract of ``contract.py`` (as the Triton launcher): per-row loss (N,) in the
     compute dtype and, when ``compute_grad``, the reduction-scaled gradient (N, V) in logits' dtype, written
     into ``grad_out`` (which may be ``logits``) or a new buffer."""
     n_rows, n_cols = logits.shape
@@ -69,4 +77,4 @@ def focal_loss_rows(
         coef = torch.where(invalid, nan, coef)
         probs = torch.sub(z, row_max + log_sum, out=exps).exp_().scatter_(1, y_safe, -q)  # p_j; p_y - 1 = -q
         grad_out[rows] = probs.mul_(coef)  # the copy casts to grad_out's dtype
-    return loss, grad_out
+    return FocalRows(loss, grad_out)

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from retailsim.ops.focal_loss.contract import FocalRows
+
 REDUCTION_CODES = {"none": 0, "sum": 1, "mean": 2}
 MAX_BLOCK_V = 4096  # widest vocabulary chunk one program holds in registers (num_warps scales with it)
 
@@ -133,7 +135,15 @@ def _focal_loss_kernel(
             tl.store(p_grad + o_col, b_grad.to(grad_ptr.dtype.element_ty), mask=m_col)
 
 
-def focal_loss_rows(
+def config_for(shape: tuple, dtype: torch.dtype, arch: str | None = None) -> dict:
+    """BLOCK_V (the V chunk one program loads at a time) and num_warps for (N, V) logits, on every arch."""
+    block_v = min(MAX_BLOCK_V, triton.next_power_of_2(shape[1]))
+    return {"BLOCK_V": block_v, "num_warps": 4 if block_v <= 1024 else (8 if block_v <= 2048 else 16),
+            "grid": (shape[0],)}
+
+
+def forward(
+    *,
     logits: torch.Tensor,
     target: torch.Tensor,
     alpha: torch.Tensor | None,
@@ -143,8 +153,7 @@ def focal_loss_rows(
     compute_grad: bool,
     grad_out: torch.Tensor | None = None,
     n_valid: torch.Tensor | None = None,
-    max_block_v: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> FocalRows:
     """Per-row loss (N,) fp32 and, when ``compute_grad``, the gradient (N, V) in logits' dtype, scaled for
     ``reduction`` (mean: by 1/n_valid, ``n_valid`` a device scalar counted here when not given).
 
@@ -160,10 +169,10 @@ def focal_loss_rows(
     if reduction == "mean" and n_valid is None:
         n_valid = (target != ignore_index).sum()
     if n_rows == 0:
-        return loss, grad_out
-    block_v = min(max_block_v or MAX_BLOCK_V, triton.next_power_of_2(n_cols))
-    num_warps = 4 if block_v <= 1024 else (8 if block_v <= 2048 else 16)
-    _focal_loss_kernel[(n_rows,)](
+        return FocalRows(loss, grad_out)
+    config = config_for((n_rows, n_cols), logits.dtype)
+    block_v, num_warps = config["BLOCK_V"], config["num_warps"]
+    _focal_loss_kernel[config["grid"]](
         logits_ptr=logits, stride_logits=logits.stride(0),
         grad_ptr=grad_out if compute_grad else logits, stride_grad=grad_out.stride(0) if compute_grad else 0,
         target_ptr=target, alpha_ptr=alpha if alpha is not None else loss,
@@ -172,4 +181,4 @@ def focal_loss_rows(
         HAS_ALPHA=alpha is not None, REDUCTION=REDUCTION_CODES[reduction], COMPUTE_GRAD=compute_grad,
         ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32, BLOCK_V=block_v, num_warps=num_warps,
     )
-    return loss, grad_out
+    return FocalRows(loss, grad_out)

@@ -75,6 +75,15 @@ def build(cases, archs=ARCHS, log=print) -> list:
                 capture = capture_call(case.make_inputs, case.call, target.sms,
                                        (int(target.arch[3]), int(target.arch[4:])))
                 estimates, seen = [], {}
+                config = case.config_for(target.arch)
+                config_mismatches = sorted({
+                    f"{launch.name}: {name}={used} but config_for says {config[name]}"
+                    for launch in capture.triton
+                    for name, used in {**launch.args, **launch.options}.items()
+                    if name in config and name != "grid" and used != config[name]} | {
+                    f"{launch.name}: grid={tuple(launch.grid)} but config_for says {tuple(config['grid'])}"
+                    for launch in capture.triton
+                    if "grid" in config and tuple(launch.grid) != _grid3(config["grid"])})
                 for launch in capture.triton:
                     key = (launch.name, arch, repr(sorted((k, _key(v)) for k, v in launch.args.items())),
                            repr(sorted(launch.options.items())))
@@ -98,8 +107,15 @@ def build(cases, archs=ARCHS, log=print) -> list:
                     "triton_launches": len(capture.triton), "aten_launches": dict(sorted(capture.aten.items())),
                     "host_syncs": sum(capture.host_syncs.values()), "host_sync_ops": capture.host_syncs,
                     "triton_estimate_ms": round(sum(e for e in estimates if e), 4) if estimates else None,
+                    "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+                    "config_mismatches": config_mismatches,
                 })
     return records
+
+
+def _grid3(grid) -> tuple:
+    """A launch grid as the three dimensions the capture records."""
+    return tuple(grid) + (1,) * (3 - len(grid))
 
 
 def _key(value):
@@ -130,6 +146,8 @@ def check(records, exceptions=EXCEPTIONS) -> tuple[list, list]:
             if record["host_syncs"]:
                 judge(record["op"], record["arch"], "host_syncs",
                       f"{record['host_syncs']} host-synchronising op(s) {record['host_sync_ops']} per fwd+bwd")
+            for mismatch in record.get("config_mismatches", []):
+                judge(record["op"], record["arch"], "config", f"launched other tiles than config_for: {mismatch}")
             if record["launches_per_fwd_bwd"] > record["launch_budget"]:
                 judge(record["op"], record["arch"], "launches",
                       f"{record['launches_per_fwd_bwd']} launches per fwd+bwd, budget {record['launch_budget']}")

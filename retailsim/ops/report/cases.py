@@ -1,7 +1,10 @@
 """The ops and shapes the kernel report judges: the benchmark shapes of SPEC 7, each with the inputs a
-user's training step passes (every optional argument the model uses on), and each op's launch budget."""
+user's training step passes (every optional argument the model uses on), each op's launch budget, and the
+question every op's Triton launcher answers, ``config_for(shape, dtype, arch)``: the report records its
+answer and checks that the launches used exactly those tiles and warps."""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,6 +21,12 @@ class Case:
     make_inputs: Callable[[], tuple]
     call: Callable
     launch_budget: int   # launches per fwd+bwd the op declares (kernel report check)
+    launcher: str = ""   # the module whose config_for answers for this op's Triton launches
+    config_shape: tuple = ()  # the shape config_for is asked about (the op's own, or one row chunk's)
+
+    def config_for(self, arch: str) -> dict:
+        module = importlib.import_module(self.launcher)
+        return module.config_for(self.config_shape or self.shape, self.dtype, arch)
 
     @property
     def label(self) -> str:
@@ -40,7 +49,8 @@ def _scan_case(shape, dtype) -> Case:
     def call(u, delta, A, B, C, D, z, bias):
         return selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True)
 
-    return Case("selective_scan", shape, dtype, make, call, launch_budget=9)  # 2 kernels, 5 sums, 2 casts
+    return Case("selective_scan", shape, dtype, make, call, launch_budget=9,  # 2 kernels, 5 sums, 2 casts
+                launcher="retailsim.ops.selective_scan.triton")
 
 
 def _focal_case(shape, dtype) -> Case:
@@ -50,7 +60,7 @@ def _focal_case(shape, dtype) -> Case:
         return _randn(rows, vocab, dtype=dtype), torch.randint(0, vocab, (rows,), device="cuda")
 
     return Case("focal_loss", shape, dtype, make, lambda logits, target: focal_loss(logits, target, gamma=2.0),
-                launch_budget=3)
+                launch_budget=3, launcher="retailsim.ops.focal_loss.triton")
 
 
 def _linear_focal_case(shape, dtype) -> Case:
@@ -60,8 +70,12 @@ def _linear_focal_case(shape, dtype) -> Case:
         return (_randn(rows, hidden, dtype=dtype), _randn(vocab, hidden, dtype=dtype),
                 torch.randint(0, vocab, (rows,), device="cuda"))
 
+    from retailsim.ops.focal_loss.function import chunk_rows
+
     return Case("linear_focal_loss", shape, dtype, make,
-                lambda h, w, target: linear_focal_loss(h, w, target, gamma=2.0), launch_budget=6)
+                lambda h, w, target: linear_focal_loss(h, w, target, gamma=2.0), launch_budget=6,
+                launcher="retailsim.ops.focal_loss.triton",
+                config_shape=(min(rows, chunk_rows(vocab, torch.tensor([], dtype=dtype).element_size())), vocab))
 
 
 def _contrastive_case(shape, dtype) -> Case:
@@ -78,7 +92,8 @@ def _contrastive_case(shape, dtype) -> Case:
     def call(a, c, positive, anchor_group, candidate_group, label):
         return contrastive_loss(a, c, positive, anchor_group, candidate_group, candidate_label=label)
 
-    return Case("contrastive_loss", shape, dtype, make, call, launch_budget=6)
+    return Case("contrastive_loss", shape, dtype, make, call, launch_budget=6,
+                launcher="retailsim.ops.contrastive_loss.triton")
 
 
 SCAN_SHAPE = (16, 1536, 2048, 16)  # (batch, dim, L, N)

@@ -126,3 +126,27 @@ def test_no_kernel_specialises_on_a_runtime_length():
     unspecialised = json.loads(result.stdout)
     for name, lengths in RUNTIME_LENGTHS.items():
         assert lengths <= set(unspecialised[name]), f"{name} specialises on {lengths - set(unspecialised[name])}"
+
+
+def test_a_launcher_that_ignores_its_config_for_fails_the_checks():
+    """The report asks each op's launcher config_for(shape, dtype, arch) and checks the launches used it."""
+    code = (
+        "import dataclasses, sys, types\n"
+        "from retailsim.ops.focal_loss import triton as focal\n"
+        "from retailsim.ops.report import build, check\n"
+        "from retailsim.ops.report.cases import all_cases\n"
+        "case = next(c for c in all_cases() if c.op == 'focal_loss')\n"
+        "honest = build([case], archs=(90,), log=lambda line: None)\n"
+        "# a launcher whose config_for answers 2 warps while it launches with its own 16\n"
+        "sys.modules['lying'] = types.SimpleNamespace(config_for=lambda shape, dtype, arch=None: {\n"
+        "    **focal.config_for(shape, dtype, arch), 'num_warps': 2})\n"
+        "lying = build([dataclasses.replace(case, launcher='lying')], archs=(90,), log=lambda line: None)\n"
+        "def about_config(records):\n"
+        "    return [line for line in check(records, {})[0] if 'config_for' in line]\n"
+        "print(len(about_config(honest)), '|'.join(about_config(lying)))\n"
+    )
+    result = _run(["-c", code], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    honest_failures, lying = result.stdout.strip().split(" ", 1)
+    assert honest_failures == "0"
+    assert "focal_loss on sm_90: launched other tiles than config_for" in lying and "num_warps=16" in lying
