@@ -21,7 +21,9 @@ from retailsim.errors import RetailSimInputError
 
 # Data-set sizes a config needs; data_sizes_from_cache returns exactly these keys.
 DATA_SIZE_FIELDS = ("vocab_size", "category_sizes", "n_stores", "n_store_regions")
-COPY_KEYS = ("category", "history")
+# Switches removed after their experiments (docs/experiments.md): a saved config may still name them, at the
+# one value the model now has; any other value was a model this version cannot build.
+RETIRED_FIELDS = {"tie_output": False, "copy_key": "category"}
 
 
 @dataclass
@@ -55,11 +57,8 @@ class WorldModelConfig:
     d_ffn: int = 2048
     dropout: float = 0.1
     # --- heads ---
-    tie_output: bool = False  # True: output vectors = product embedding through a d_product -> d_model map
     copy_head: bool = True   # pointer scores over the history join the catalogue softmax (world_model.py)
     d_copy: int = 64         # query/key width of the copy head
-    copy_key: str = "category"  # what a purchase's key reads: "category" (its product's hierarchy embeddings) or
-                                # "history" (the Mamba encoding of the purchase)
     copy_count: bool = True  # the log of how often the purchase's product occurs in the window joins its score
     condition_on_mission: bool = False  # simulation: a given basket_mission is an input, its head is off
     # --- training switches ---
@@ -96,10 +95,7 @@ class WorldModelConfig:
                                       f"({self.d_model}).")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise RetailSimInputError(f"WorldModelConfig.dropout must be in [0, 1), got {self.dropout!r}.")
-        if self.copy_key not in COPY_KEYS:
-            raise RetailSimInputError(f"WorldModelConfig.copy_key must be one of {', '.join(COPY_KEYS)}, got "
-                                      f"{self.copy_key!r}.")
-        for name in ("tie_output", "copy_head", "copy_count", "condition_on_mission", "gradient_checkpointing"):
+        for name in ("copy_head", "copy_count", "condition_on_mission", "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise RetailSimInputError(f"WorldModelConfig.{name} must be True or False, got "
                                           f"{getattr(self, name)!r}.")
@@ -135,6 +131,11 @@ class WorldModelConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "WorldModelConfig":
         """The config saved by ``to_dict`` (a checkpoint's ``config``); unknown keys are an error."""
+        values = dict(values)
+        for name, only in RETIRED_FIELDS.items():
+            if name in values and values.pop(name) != only:
+                raise RetailSimInputError(f"WorldModelConfig.{name} was removed (only {name}={only!r} remains); "
+                                          f"this checkpoint needs an older version of retailsim.")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

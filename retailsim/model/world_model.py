@@ -11,8 +11,7 @@
     copy head                (``copy_head``) pointer scores [B, S, H] of each slot over the customer's history
                              positions: query(basket_hidden) . key(purchase) / sqrt(d_copy) + a learned function
                              of the purchase's features (age, time of year, log count of its product in the
-                             window) + offset; the key reads the product's hierarchy embeddings (``copy_key``
-                             "category", the default) or the purchase's Mamba encoding ("history")
+                             window) + offset; the key reads the purchased product's hierarchy embeddings
 
 The copy head makes "buy it again" a first-class prediction: the slot's distribution is one softmax over the
 catalogue logits and the pointer scores together, every past purchase voting for its product
@@ -83,12 +82,7 @@ class WorldModel(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_decoder_layers))
         self.decoder_norm = nn.LayerNorm(d)
         # --- heads ---
-        if config.tie_output:
-            self.output_map = nn.Linear(config.d_product, d, bias=False)          # product embedding → output space
-            self._output_weight = None
-        else:
-            self.output_map = None
-            self._output_weight = nn.Parameter(torch.empty(config.vocab_size, d))
+        self._output_weight = nn.Parameter(torch.empty(config.vocab_size, d))
         self._output_bias = nn.Parameter(torch.zeros(config.vocab_size))
         # BERT-style prediction transform: basket_hidden lives in the output space the loss and evaluator read.
         self.basket_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
@@ -96,7 +90,7 @@ class WorldModel(nn.Module):
         self.aux_heads = nn.ModuleDict({name: nn.Linear(d, len(schema.LABELS[name])) for name in config.aux_heads})
         if config.copy_head:
             self.copy_query = nn.Linear(d, config.d_copy)
-            self.copy_key = nn.Linear(config.d_product if config.copy_key == "category" else d, config.d_copy)
+            self.copy_key = nn.Linear(config.d_product, config.d_copy)
             # purchase features (age_features, then the log window count) -> score
             self.copy_purchase = nn.Linear(2 * config.n_fourier + 1 + int(config.copy_count), 1)
             self.copy_offset = nn.Parameter(torch.zeros(()))
@@ -157,10 +151,8 @@ class WorldModel(nn.Module):
     # ---------------------------------------------------------------------------------------------------
     @property
     def output_weight(self) -> torch.Tensor:
-        """[V, D]: the product output vectors (tied: the product embedding through ``output_map``)."""
-        if self._output_weight is not None:
-            return self._output_weight
-        return self.output_map(self.product.embedding.weight)
+        """[V, D]: the product output vectors."""
+        return self._output_weight
 
     @property
     def output_bias(self) -> torch.Tensor:
@@ -189,9 +181,7 @@ class WorldModel(nn.Module):
 
     def product_vectors(self, product_ids: torch.Tensor) -> torch.Tensor:
         """[...] ids → [..., D]: the products' output-space vectors (rows of ``output_weight``), differentiable."""
-        if self._output_weight is not None:
-            return self._output_weight[product_ids]
-        return self.output_map(self.product.embedding(product_ids))
+        return self._output_weight[product_ids]
 
     # ---------------------------------------------------------------------------------------------------
     def _run(self, layer: nn.Module, *args):
@@ -237,19 +227,18 @@ class WorldModel(nn.Module):
         basket_hidden = self.basket_head(tokens[:, 1:])                           # [B, S, D]
         trunk = self.aux_trunk(context_hidden)                                    # [B, D]
         aux = {name: head(trunk) for name, head in self.aux_heads.items()}        # {name: [B, K]}
-        copy = self.copy_scores(basket_hidden, memory[:, 1:], batch) if self.config.copy_head else None
+        copy = self.copy_scores(basket_hidden, batch) if self.config.copy_head else None
         return WorldModelOutput(basket_hidden=basket_hidden, context_hidden=context_hidden, aux_logits=aux,
                                 copy_scores=copy)
 
-    def copy_scores(self, basket_hidden: torch.Tensor, history: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def copy_scores(self, basket_hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
         """[B, S, H] pointer scores of each slot over the history positions: query(slot) . key(purchase) /
         sqrt(d_copy) + purchase score(age features, log window count) + offset; the key reads the purchased
-        product's hierarchy embeddings (``copy_key="category"``) or its encoding ``history`` [B, H, D]
-        ("history"). COPY_PAD_SCORE at padding (finite, so a customer without history gives zero weight and
+        product's hierarchy embeddings (keys from the purchase's Mamba encoding ranked repeats worse:
+        docs/experiments.md). COPY_PAD_SCORE at padding (finite, so a customer without history gives zero weight and
         finite gradients, never NaN)."""
         items, valid = batch.history_items, batch.history_valid                   # [B, H]
-        key_input = (self.product.hierarchy_vectors(items) if self.config.copy_key == "category"  # [B, H, d_product]
-                     else history)                                                # [B, H, D]
+        key_input = self.product.hierarchy_vectors(items)                         # [B, H, d_product]
         features = age_features(batch.history_weeks_before, self.config.n_fourier)  # [B, H, 2 n_fourier + 1]
         if self.config.copy_count:
             features = torch.cat([features, copy_head.log_window_counts(items, valid).unsqueeze(-1)], dim=-1)

@@ -51,8 +51,7 @@ def test_tiny_and_small_sizes():
 BAD_VALUES = [
     ("d_model", 0), ("d_model", 3.5), ("n_heads", 3), ("vocab_size", 2), ("dropout", 1.0), ("dropout", -0.1),
     ("category_sizes", [10, 5]), ("category_sizes", [10, 5, 0, 2]), ("n_mamba_layers", -1), ("d_state", True),
-    ("tie_output", "yes"), ("gradient_checkpointing", 1), ("max_history", 0), ("copy_key", "memory"),
-    ("copy_count", "no"),
+    ("copy_head", "yes"), ("gradient_checkpointing", 1), ("max_history", 0), ("copy_count", "no"),
 ]
 
 
@@ -62,6 +61,16 @@ def test_validation_error_names_the_field(field, value):
         WorldModelConfig.from_name("tiny", **{field: value})
     message = str(info.value)
     assert message.endswith(".") and "\n" not in message
+
+
+def test_a_saved_config_may_name_a_retired_switch_at_its_remaining_value_only():
+    saved = WorldModelConfig.from_name("tiny").to_dict()
+    assert WorldModelConfig.from_dict({**saved, "tie_output": False, "copy_key": "category"}).to_dict() == saved
+    for field, value in (("tie_output", True), ("copy_key", "history")):
+        with pytest.raises(RetailSimInputError, match=f"WorldModelConfig.{field} was removed"):
+            WorldModelConfig.from_dict({**saved, field: value})
+    with pytest.raises(RetailSimInputError, match="unknown WorldModelConfig field"):
+        WorldModelConfig.from_name("tiny", tie_output=False)  # not a field any more
 
 
 def test_unknown_preset_and_unknown_fields_are_clear_errors():
