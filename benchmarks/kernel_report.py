@@ -31,6 +31,11 @@ def _shape(record) -> str:
     return "x".join(map(str, record["shape"]))
 
 
+def _config_text(config: dict) -> str:
+    return ", ".join(f"{k}={'x'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in config.items()
+                     if v is not None)
+
+
 def markdown(records, failures, excused, versions) -> str:
     lines = [
         "# Kernel report (offline: compiled for CUDA targets on a CPU machine; times are ESTIMATES)", "",
@@ -58,8 +63,10 @@ def markdown(records, failures, excused, versions) -> str:
             f"{r['num_warps']} | {r['registers']} | {r['spill_bytes']} | {r['smem_bytes']} | {r['ctas_per_sm']} | "
             f"{loop_text} | {r['mma_instructions']} | {r['estimate_ms']} | {r['floor_ms']} | {r['estimate_over_floor']} |")
     lines += ["", "## Ops: launches and host syncs per fwd+bwd (CUDA path, counted on fake CUDA tensors)", "",
-              "| op | arch | shape | dtype | launches (Triton + aten) | budget | host syncs | Triton estimate ms | measured H100 ms (host-inclusive, older commit) |",
-              "|---|---|---|---|---:|---:|---:|---:|---|"]
+              "`config_for` = what the op's Triton launcher answers for this shape, dtype and arch (the checks "
+              "fail when a launch used anything else).", "",
+              "| op | arch | shape | dtype | launches (Triton + aten) | budget | host syncs | config_for | Triton estimate ms | measured H100 ms (host-inclusive, older commit) |",
+              "|---|---|---|---|---:|---:|---:|---|---:|---|"]
     for r in records:
         if "kernel" in r:
             continue
@@ -68,7 +75,7 @@ def markdown(records, failures, excused, versions) -> str:
         lines.append(
             f"| {r['op']} | {r['arch']} | {_shape(r)} | {r['dtype']} | {r['launches_per_fwd_bwd']} "
             f"({r['triton_launches']} + {r['launches_per_fwd_bwd'] - r['triton_launches']}) | {r['launch_budget']} | "
-            f"{r['host_syncs']} | {r['triton_estimate_ms']} | {measured_text} |")
+            f"{r['host_syncs']} | {_config_text(r.get('config', {}))} | {r['triton_estimate_ms']} | {measured_text} |")
     lines += ["", "The measured figures are host-inclusive (CUDA events around the Python call, synchronised per "
               "repeat) and come from older commits: at these sizes they time the host's launches, not the GPU, "
               "so they are an upper bound the estimates should sit under, not a check of them.", "",
