@@ -42,8 +42,8 @@ def markdown(records, failures, excused, versions) -> str:
         f"Triton {versions['triton']}, ptxas {versions['ptxas']}; written "
         f"{datetime.date.today().isoformat()} by `make kernel-report`.", "",
         "Estimate model (`retailsim/ops/report/hardware.py`): floor = max(minimum bytes / HBM bandwidth, minimum "
-        "matrix FLOPs / tensor-core peak, elementwise FLOPs / CUDA-core peak, exps / MUFU rate); issue = waves x "
-        "CTAs/SM x warps x warp-instructions per program / (4 schedulers x clock); estimate = max(floor, "
+        "matrix FLOPs / tensor-core peak, elementwise FLOPs / CUDA-core peak, exps / MUFU rate); issue = "
+        "ceil(grid / SMs) x warps x warp-instructions per program / (4 schedulers x clock); estimate = max(floor, "
         "executed matrix FLOPs / peak, issue). Not modelled: latency (dependent shuffle chains, loads no other "
         "warp hides), caches (each minimum byte moves once), dual issue. Targets: "
         + "; ".join(f"{t.arch} = {t.name}, {t.sms} SMs, {t.clock_ghz} GHz, {t.bandwidth_tbs} TB/s, "

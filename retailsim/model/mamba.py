@@ -65,8 +65,8 @@ class MambaMixer(nn.Module):
         projected = self.x_proj(u.transpose(1, 2))                        # [B, L, rank + 2N]
         dt_low, B, C = projected.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = self.dt_proj(dt_low).transpose(1, 2)                      # [B, d_inner, L]
-        B = B.transpose(1, 2).contiguous()                                # [B, N, L]
-        C = C.transpose(1, 2).contiguous()                                # [B, N, L]
+        B = B.transpose(1, 2)                                             # [B, N, L], a view contiguous along N
+        C = C.transpose(1, 2)                                             # (every scan path reads it strided)
         A = -torch.exp(self.A_log.float())                                # [d_inner, N]
         y = selective_scan(u, delta, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_bias.float(),
                            delta_softplus=True)                           # [B, d_inner, L]

@@ -77,13 +77,16 @@ def build(cases, archs=ARCHS, log=print) -> list:
                 estimates, seen = [], {}
                 config = case.config_for(target.arch)
                 config_mismatches = sorted({
-                    f"{launch.name}: {name}={used} but config_for says {config[name]}"
+                    f"{launch.name}: {name}={used} but config_for says {_config_of(config, launch.name)[name]}"
                     for launch in capture.triton
                     for name, used in {**launch.args, **launch.options}.items()
-                    if name in config and name != "grid" and used != config[name]} | {
-                    f"{launch.name}: grid={tuple(launch.grid)} but config_for says {tuple(config['grid'])}"
+                    if name in _config_of(config, launch.name) and name != "grid"
+                    and used != _config_of(config, launch.name)[name]} | {
+                    f"{launch.name}: grid={tuple(launch.grid)} but config_for says "
+                    f"{tuple(_config_of(config, launch.name)['grid'])}"
                     for launch in capture.triton
-                    if "grid" in config and tuple(launch.grid) != _grid3(config["grid"])})
+                    if "grid" in _config_of(config, launch.name)
+                    and tuple(launch.grid) != _grid3(_config_of(config, launch.name)["grid"])})
                 for launch in capture.triton:
                     key = (launch.name, arch, repr(sorted((k, _key(v)) for k, v in launch.args.items())),
                            repr(sorted(launch.options.items())))
@@ -107,15 +110,26 @@ def build(cases, archs=ARCHS, log=print) -> list:
                     "triton_launches": len(capture.triton), "aten_launches": dict(sorted(capture.aten.items())),
                     "host_syncs": sum(capture.host_syncs.values()), "host_sync_ops": capture.host_syncs,
                     "triton_estimate_ms": round(sum(e for e in estimates if e), 4) if estimates else None,
-                    "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+                    "config": _jsonable(config),
                     "config_mismatches": config_mismatches,
                 })
     return records
 
 
+def _config_of(config: dict, kernel: str) -> dict:
+    """What ``config_for`` says one kernel launches with: its shared entries, then the kernel's own (an entry
+    keyed by the kernel's name, where kernels of one op launch different tiles)."""
+    return {**{k: v for k, v in config.items() if not isinstance(v, dict)}, **config.get(kernel, {})}
+
+
 def _grid3(grid) -> tuple:
     """A launch grid as the three dimensions the capture records."""
     return tuple(grid) + (1,) * (3 - len(grid))
+
+
+def _jsonable(config: dict) -> dict:
+    return {k: _jsonable(v) if isinstance(v, dict) else list(v) if isinstance(v, tuple) else v
+            for k, v in config.items()}
 
 
 def _key(value):

@@ -38,16 +38,19 @@ def _randn(*shape, dtype=torch.float32, grad=True):
 
 
 def _scan_case(shape, dtype) -> Case:
+    """The scan as the Mamba mixer calls it: u from the causal conv (contiguous along L); Δ and z transposed
+    views of the input projections and B, C of x_proj's output (contiguous along the channels / N)."""
     batch, dim, length, dstate = shape
 
     def make():
-        return (_randn(batch, dim, length, dtype=dtype), _randn(batch, dim, length, dtype=dtype),
-                _randn(dim, dstate), _randn(batch, dstate, length, dtype=dtype),
-                _randn(batch, dstate, length, dtype=dtype), _randn(dim), _randn(batch, dim, length, dtype=dtype),
+        return (_randn(batch, dim, length, dtype=dtype), _randn(batch, length, dim, dtype=dtype),
+                _randn(dim, dstate), _randn(batch, length, dstate, dtype=dtype),
+                _randn(batch, length, dstate, dtype=dtype), _randn(dim), _randn(batch, length, dim, dtype=dtype),
                 _randn(dim))
 
     def call(u, delta, A, B, C, D, z, bias):
-        return selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True)
+        return selective_scan(u, delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D=D,
+                              z=z.transpose(1, 2), delta_bias=bias, delta_softplus=True)
 
     return Case("selective_scan", shape, dtype, make, call, launch_budget=9,  # 2 kernels, 5 sums, 2 casts
                 launcher="retailsim.ops.selective_scan.triton")

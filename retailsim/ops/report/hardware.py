@@ -8,8 +8,9 @@ sm_80 and sm_90); ``clock_ghz`` the boost clock.
 Model, per kernel launch:
   floor    = max(bytes_min / bandwidth, flops_min / tensor-core peak (CUDA-core peak for work that is not a
              matrix product), exps / (SMs * mufu_per_clk * clock))
-  issue    = waves * ctas_per_sm * warps_per_cta * hot_loop_instructions * iterations / (4 * clock)
-             (4 schedulers per SM issue one warp-instruction per clock; waves = ceil(grid / (SMs * ctas_per_sm)))
+  issue    = ceil(grid / SMs) * warps_per_cta * instructions_per_cta / (4 * clock)
+             (4 schedulers per SM issue one warp-instruction per clock; the busiest SM runs ceil(grid / SMs)
+             CTAs, ctas_per_sm of them at a time)
   estimate = max(floor, issue)
 Blind spots, said plainly: latency (a dependent chain of shuffles or a load whose latency no other warp
 hides) is not modelled, so a kernel with few warps per SM can be far slower than the estimate; only the
@@ -80,6 +81,7 @@ def floor_ms(target: Target, bytes_min: float, tc_flops: float, fp32_flops: floa
 
 
 def issue_ms(target: Target, grid: int, ctas: int, num_warps: int, instructions_per_cta: float) -> float:
-    ctas = max(ctas, 1)
-    waves = math.ceil(grid / (target.sms * ctas))
-    return 1e3 * waves * ctas * num_warps * instructions_per_cta / (4 * target.clock_ghz * 1e9)
+    """The busiest SM's warp-instructions over its 4 schedulers: it runs ceil(grid / SMs) CTAs in all (a last,
+    partial wave holds only what is left, not ``ctas`` CTAs)."""
+    per_sm = math.ceil(grid / target.sms) if ctas > 0 else grid
+    return 1e3 * per_sm * num_warps * instructions_per_cta / (4 * target.clock_ghz * 1e9)

@@ -1,12 +1,15 @@
 """Triton kernels of the selective scan and their launchers (contract in ``contract.py``).
 
-Layout: one program per (block of BLOCK_D channels, batch element); it walks the sequence in chunks of
-CHUNK steps holding [BLOCK_D, N_PAD, CHUNK] register tiles, the state h in ``ACC`` (float32; float64 only
-for float64 inputs, which the gradcheck uses). L is a runtime argument that Triton does not specialise on
+Forward: one program per (block of BLOCK_D = 32 * num_warps channels, batch element), one channel per
+thread, the channel's N states in registers; the recurrence runs serially over time, so nothing crosses
+threads inside the loop (no shuffle, no barrier: the kernel report checks the SASS). It saves the state
+entering every CHUNK-step chunk. Backward: one program per (block of BLOCK_D channels, batch element) walking
+the chunks last to first with [BLOCK_D, N_PAD, CHUNK] register tiles and associative scans along CHUNK,
+recomputing each chunk's states from the forward's checkpoint. State in ``ACC`` (float32; float64 only for
+float64 inputs, which the gradcheck uses). L is a runtime argument that Triton does not specialise on
 (``do_not_specialize``); strides keep their specialisation (unit stride and 16-divisibility give vector
 loads), so a layout whose strides change alignment class with L compiles once per class, never per length.
-A block never straddles a B/C group (the launcher picks BLOCK_D dividing dim/groups when groups > 1), so a
-chunk loads its B and C tiles once for all its channels.
+A block never straddles a B/C group (the launcher picks BLOCK_D dividing dim/groups when groups > 1).
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ from retailsim.ops.selective_scan.contract import ScanForward, ScanGrads, groups
 
 SOFTPLUS_THRESHOLD = 20.0
 TILE_ELEMENTS = 4096  # BLOCK_D * N_PAD * CHUNK: what 8 warps hold in registers without spilling
-CHUNK = 16
-NUM_WARPS = 8
+CHUNK = 16        # steps per chunk: the forward checkpoints the state entering each, the backward rescans one
+NUM_WARPS = 8     # backward
+FWD_NUM_WARPS = 1
 
 
 @triton.jit
@@ -79,61 +83,192 @@ def _load_chunk(p_u, p_delta, p_bias, p_B, p_C, i_b, i_g, o_d, o_l, m_d, m_l, o_
     return b_u, b_pre, b_dt, b_B, b_C
 
 
-# Forward: h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t; y_t = C_t·h_t + D u_t; out_t = y_t silu(z_t).
-# Within a chunk the affine maps (a_t, x_t) are composed by an associative scan along CHUNK; the state
-# entering the chunk is applied afterwards (h_t = H_t + (a_0...a_t) h_in). exp is exp2 of Δ·(A·log2 e).
-# Grid: (cdiv(dim, BLOCK_D), batch). Saves the state entering every chunk for the backward.
+@triton.jit
+def _column(tile, o_t, t: tl.constexpr):
+    # Column t of a [BLOCK_D, CHUNK] tile whose CHUNK axis each thread holds whole: a select the compiler folds
+    # to register moves (adding -0.0 leaves every value, +0.0 included, unchanged).
+    return tl.sum(tl.where(o_t[None, :] == t, tile, -0.0), axis=1)
+
+
+@triton.jit
+def _step_size(pre, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Δ from the raw input: + bias, then softplus when asked (any shape; ``bias`` broadcasts)."""
+    if HAS_BIAS:
+        pre = pre + bias
+    dt = pre
+    if SOFTPLUS:
+        dt = _softplus(pre)
+    return dt
+
+
+@triton.jit
+def _fwd_steps(
+    p_u, p_delta, p_B, p_C, p_z, p_out, b_h, b_A2, b_Dv, b_bias, l0,
+    o_d, m_d, o_n, m_n, o_t, base_u, base_dt, base_z, base_B, base_C, base_out,
+    stride_u_d, stride_u_l, stride_dt_d, stride_dt_l, stride_z_d, stride_z_l, stride_B_n, stride_B_l,
+    stride_C_n, stride_C_l, stride_out_d, stride_out_l, length,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    U_TILE: tl.constexpr, DT_TILE: tl.constexpr, Z_TILE: tl.constexpr,
+    OUT_TILE: tl.constexpr, EVEN_N: tl.constexpr, MASK_L: tl.constexpr, BLOCK_D: tl.constexpr, SUB: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """SUB steps of the recurrence from state b_h at step l0, each thread one channel with its N states in
+    registers.
+
+    A tensor contiguous along L (``*_TILE``) is read as a [BLOCK_D, SUB] tile, one vector load per thread (the
+    layout that keeps a channel's steps in one thread); its columns are picked per step. Any other layout is read step by step, one element per thread, coalesced across the channels when
+    the tensor is contiguous along them. B_t and C_t ([N_PAD], the same for every channel of the block) are
+    loaded per step. Without MASK_L every step is inside the sequence."""
+    o_l = l0 + o_t
+    if MASK_L:
+        m_dl = m_d[:, None] & (o_l < length)[None, :]
+    else:
+        m_dl = m_d[:, None]
+    if U_TILE:
+        b_u = tl.load(p_u + base_u + o_d[:, None] * stride_u_d + o_l[None, :], mask=m_dl, other=0.0).to(ACC)
+    if DT_TILE:
+        b_pre = tl.load(p_delta + base_dt + o_d[:, None] * stride_dt_d + o_l[None, :], mask=m_dl, other=0.0)
+        b_dt = tl.where(m_dl, _step_size(b_pre.to(ACC), b_bias[:, None], HAS_BIAS, SOFTPLUS), 0.0)
+    b_y = tl.zeros([BLOCK_D, SUB], dtype=ACC)
+    for t in tl.static_range(SUB):
+        l = l0 + t
+        if MASK_L:
+            m_t = m_d & (o_d * 0 + l < length)  # a vector compare: the interpreter's masks must be vectors
+        else:
+            m_t = m_d
+        if U_TILE:
+            u_t = _column(b_u, o_t, t)
+        else:
+            u_t = tl.load(p_u + base_u + o_d * stride_u_d + l * stride_u_l, mask=m_t, other=0.0).to(ACC)
+        if DT_TILE:
+            dt_t = _column(b_dt, o_t, t)
+        else:
+            pre_t = tl.load(p_delta + base_dt + o_d * stride_dt_d + l * stride_dt_l, mask=m_t, other=0.0).to(ACC)
+            dt_t = tl.where(m_t, _step_size(pre_t, b_bias, HAS_BIAS, SOFTPLUS), 0.0)
+        if EVEN_N and not MASK_L:
+            B_t = tl.load(p_B + base_B + o_n * stride_B_n + l * stride_B_l).to(ACC)
+            C_t = tl.load(p_C + base_C + o_n * stride_C_n + l * stride_C_l).to(ACC)
+        else:
+            m_nt = m_n & (o_n * 0 + l < length)
+            B_t = tl.load(p_B + base_B + o_n * stride_B_n + l * stride_B_l, mask=m_nt, other=0.0).to(ACC)
+            C_t = tl.load(p_C + base_C + o_n * stride_C_n + l * stride_C_l, mask=m_nt, other=0.0).to(ACC)
+        b_h = tl.exp2(dt_t[:, None] * b_A2) * b_h + (dt_t * u_t)[:, None] * B_t[None, :]
+        y_t = tl.sum(b_h * C_t[None, :], axis=1)
+        if HAS_D:
+            y_t = y_t + b_Dv * u_t
+        if HAS_Z:
+            if not Z_TILE:
+                z_t = tl.load(p_z + base_z + o_d * stride_z_d + l * stride_z_l, mask=m_t, other=0.0).to(ACC)
+                y_t = y_t * z_t / (1.0 + tl.exp(-z_t))
+        if OUT_TILE:
+            b_y = tl.where(o_t[None, :] == t, y_t[:, None], b_y)
+        else:
+            tl.store(p_out + base_out + o_d * stride_out_d + l * stride_out_l, y_t.to(p_out.dtype.element_ty),
+                     mask=m_t)
+    if OUT_TILE:
+        if HAS_Z:
+            if Z_TILE:
+                b_z = tl.load(p_z + base_z + o_d[:, None] * stride_z_d + o_l[None, :], mask=m_dl, other=0.0).to(ACC)
+                b_y = b_y * b_z / (1.0 + tl.exp(-b_z))
+        tl.store(p_out + base_out + o_d[:, None] * stride_out_d + o_l[None, :], b_y.to(p_out.dtype.element_ty),
+                 mask=m_dl)
+    return b_h
+
+
+@triton.jit
+def _fwd_chunk(
+    p_u, p_delta, p_B, p_C, p_z, p_out, p_ckpt, b_h, b_A2, b_Dv, b_bias, i_c,
+    o_d, m_d, o_n, m_n, m_dn, o_t, o_state, base_u, base_dt, base_z, base_B, base_C, base_out,
+    stride_u_d, stride_u_l, stride_dt_d, stride_dt_l, stride_z_d, stride_z_l, stride_B_n, stride_B_l,
+    stride_C_n, stride_C_l, stride_out_d, stride_out_l, dim, dstate, length,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SAVE_STATES: tl.constexpr, U_TILE: tl.constexpr, DT_TILE: tl.constexpr, Z_TILE: tl.constexpr,
+    OUT_TILE: tl.constexpr, EVEN_N: tl.constexpr, MASK_L: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    SUB: tl.constexpr, ACC: tl.constexpr,
+):
+    """Chunk i_c: saves the state entering it, then runs its CHUNK steps SUB at a time."""
+    N_PAD: tl.constexpr = b_h.shape[1]
+    if SAVE_STATES:
+        # One coalesced [BLOCK_D] store per state: a [BLOCK_D, N] store would get a vectorised layout of
+        # its own and drag the state's layout (and every step's arithmetic) into it.
+        p_state = p_ckpt + o_state + i_c * dstate * dim
+        for n in tl.static_range(N_PAD):
+            tl.store(p_state + n * dim, _column(b_h, o_n, n), mask=m_d & (o_d * 0 + n < dstate))
+    l0 = tl.cast(i_c, tl.int64) * CHUNK
+    for i_s in tl.static_range(CHUNK // SUB):
+        b_h = _fwd_steps(
+            p_u, p_delta, p_B, p_C, p_z, p_out, b_h, b_A2, b_Dv, b_bias, l0 + i_s * SUB,
+            o_d, m_d, o_n, m_n, o_t, base_u, base_dt, base_z, base_B, base_C, base_out,
+            stride_u_d, stride_u_l, stride_dt_d, stride_dt_l, stride_z_d, stride_z_l, stride_B_n, stride_B_l,
+            stride_C_n, stride_C_l, stride_out_d, stride_out_l, length,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, U_TILE, DT_TILE, Z_TILE, OUT_TILE, EVEN_N, MASK_L, BLOCK_D, SUB, ACC)
+    return b_h
+
+
+# Forward: h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t; y_t = C_t·h_t + D u_t; out_t = y_t silu(z_t); exp is exp2 of
+# Δ·(A·log2 e). Each thread owns one channel and runs its recurrence serially over time with the channel's N
+# states in registers: no value crosses threads, so no shuffle or barrier per step (the layout the kernel
+# report checks). Grid: (cdiv(dim, BLOCK_D), batch), BLOCK_D = 32 * num_warps. Saves the state entering every
+# chunk for the backward.
 @triton.jit(do_not_specialize=["length"])
 def _selective_scan_fwd_kernel(
     p_u, p_delta, p_A, p_B, p_C, p_D, p_z, p_bias, p_out, p_last, p_ckpt,
     stride_u_b, stride_u_d, stride_u_l, stride_dt_b, stride_dt_d, stride_dt_l, stride_z_b, stride_z_d, stride_z_l,
     stride_B_b, stride_B_g, stride_B_n, stride_B_l, stride_C_b, stride_C_g, stride_C_n, stride_C_l,
-    stride_A_d, stride_A_n,
+    stride_A_d, stride_A_n, stride_out_b, stride_out_d, stride_out_l,
     dim, dstate, length, dim_per_group,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SAVE_STATES: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
+    SAVE_STATES: tl.constexpr, U_TILE: tl.constexpr, DT_TILE: tl.constexpr, Z_TILE: tl.constexpr,
+    OUT_TILE: tl.constexpr, EVEN_N: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr,
+    SUB: tl.constexpr, ACC: tl.constexpr,
 ):
     i_d = tl.program_id(0).to(tl.int64)
     i_b = tl.program_id(1).to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
     o_n = tl.arange(0, N_PAD)
-    o_t = tl.arange(0, CHUNK)
+    o_t = tl.arange(0, SUB)
     m_d = o_d < dim
     m_n = o_n < dstate
     m_dn = m_d[:, None] & m_n[None, :]
     i_g = (i_d * BLOCK_D) // dim_per_group
-    b_A2 = tl.load(p_A + o_d[:, None] * stride_A_d + o_n[None, :] * stride_A_n, mask=m_dn, other=0.0).to(ACC)
+    # A column by column ([BLOCK_D] loads, one channel per thread): a [BLOCK_D, N] load would be vectorised
+    # along N, and the compiler would then convert every step's Δ to that layout rather than A once.
+    b_A2 = tl.zeros([BLOCK_D, N_PAD], dtype=ACC)
+    for n in tl.static_range(N_PAD):
+        a_n = tl.load(p_A + o_d * stride_A_d + n * stride_A_n, mask=m_d & (o_d * 0 + n < dstate), other=0.0)
+        b_A2 = tl.where(o_n[None, :] == n, a_n.to(ACC)[:, None], b_A2)
     b_A2 = b_A2 * 1.4426950408889634  # log2(e): exp(Δ A) = exp2(Δ A log2 e)
+    b_Dv = tl.zeros([BLOCK_D], dtype=ACC)
     if HAS_D:
         b_Dv = tl.load(p_D + o_d, mask=m_d, other=0.0).to(ACC)
+    b_bias = tl.zeros([BLOCK_D], dtype=ACC)
+    if HAS_BIAS:
+        b_bias = tl.load(p_bias + o_d, mask=m_d, other=0.0).to(ACC)
     b_h = tl.zeros([BLOCK_D, N_PAD], dtype=ACC)
     n_chunks = tl.cdiv(length, CHUNK)
-    o_state = (i_b * dim + o_d)[:, None] * n_chunks * dstate + o_n[None, :]
-    for i_c in range(0, n_chunks):
-        o_l = (i_c * CHUNK + o_t).to(tl.int64)
-        m_l = o_l < length
-        m_dl = m_d[:, None] & m_l[None, :]
-        b_u, b_pre, b_dt, b_B, b_C = _load_chunk(
-            p_u, p_delta, p_bias, p_B, p_C, i_b, i_g, o_d, o_l, m_d, m_l, o_n, m_n,
-            stride_u_b, stride_u_d, stride_u_l, stride_dt_b, stride_dt_d, stride_dt_l,
-            stride_B_b, stride_B_g, stride_B_n, stride_B_l, stride_C_b, stride_C_g, stride_C_n, stride_C_l,
-            HAS_BIAS, SOFTPLUS, ACC)
-        if SAVE_STATES:
-            tl.store(p_ckpt + o_state + i_c * dstate, b_h, mask=m_dn)
-        b_a = tl.exp2(b_dt[:, None, :] * b_A2[:, :, None])                 # [BLOCK_D, N_PAD, CHUNK]
-        b_x = (b_dt * b_u)[:, None, :] * b_B[None, :, :]
-        b_decay, b_hs = tl.associative_scan((b_a, b_x), axis=2, combine_fn=_affine_combine)
-        b_hs = b_hs + b_decay * b_h[:, :, None]
-        b_h = tl.sum(tl.where(o_t[None, None, :] == CHUNK - 1, b_hs, 0.0), axis=2)
-        b_y = tl.sum(b_hs * b_C[None, :, :], axis=1)                        # [BLOCK_D, CHUNK]
-        if HAS_D:
-            b_y = b_y + b_Dv[:, None] * b_u
-        if HAS_Z:
-            b_z = tl.load(p_z + i_b * stride_z_b + o_d[:, None] * stride_z_d + o_l[None, :] * stride_z_l,
-                          mask=m_dl, other=0.0).to(ACC)
-            b_y = b_y * b_z / (1.0 + tl.exp(-b_z))
-        o_out = (i_b * dim + o_d)[:, None] * length + o_l[None, :]
-        tl.store(p_out + o_out, b_y.to(p_out.dtype.element_ty), mask=m_dl)
+    n_full = length // CHUNK
+    o_state = i_b * n_chunks * dstate * dim + o_d  # checkpoints (batch, chunk, N, dim), state 0 of chunk 0
+    base_u, base_dt, base_z = i_b * stride_u_b, i_b * stride_dt_b, i_b * stride_z_b
+    base_B, base_C = i_b * stride_B_b + i_g * stride_B_g, i_b * stride_C_b + i_g * stride_C_g
+    base_out = i_b * stride_out_b
+    # The full chunks without a length mask, then the partial one with it. (Two call sites: one loop over
+    # both cases under tl.static_range compiled to 255 registers and a spill.)
+    for i_c in range(0, n_full):
+        b_h = _fwd_chunk(
+            p_u, p_delta, p_B, p_C, p_z, p_out, p_ckpt, b_h, b_A2, b_Dv, b_bias, i_c,
+            o_d, m_d, o_n, m_n, m_dn, o_t, o_state, base_u, base_dt, base_z, base_B, base_C, base_out,
+            stride_u_d, stride_u_l, stride_dt_d, stride_dt_l, stride_z_d, stride_z_l, stride_B_n, stride_B_l,
+            stride_C_n, stride_C_l, stride_out_d, stride_out_l, dim, dstate, length,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE_STATES, U_TILE, DT_TILE, Z_TILE, OUT_TILE,
+            EVEN_N, False, BLOCK_D, CHUNK, SUB, ACC)
+    if n_full < n_chunks:
+        b_h = _fwd_chunk(
+            p_u, p_delta, p_B, p_C, p_z, p_out, p_ckpt, b_h, b_A2, b_Dv, b_bias, n_full,
+            o_d, m_d, o_n, m_n, m_dn, o_t, o_state, base_u, base_dt, base_z, base_B, base_C, base_out,
+            stride_u_d, stride_u_l, stride_dt_d, stride_dt_l, stride_z_d, stride_z_l, stride_B_n, stride_B_l,
+            stride_C_n, stride_C_l, stride_out_d, stride_out_l, dim, dstate, length,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE_STATES, U_TILE, DT_TILE, Z_TILE, OUT_TILE,
+            EVEN_N, True, BLOCK_D, CHUNK, SUB, ACC)
     tl.store(p_last + (i_b * dim + o_d)[:, None] * dstate + o_n[None, :], b_h, mask=m_dn)
 
 
@@ -176,7 +311,7 @@ def _selective_scan_bwd_kernel(
     b_dD = tl.zeros([BLOCK_D], dtype=ACC)
     b_dbias = tl.zeros([BLOCK_D], dtype=ACC)
     n_chunks = tl.cdiv(length, CHUNK)
-    o_state = (i_b * dim + o_d)[:, None] * n_chunks * dstate + o_n[None, :]
+    o_state = i_b * n_chunks * dstate * dim + o_n[None, :] * dim + o_d[:, None]  # (batch, chunk, N, dim)
     o_part = ((i_b * n_dblocks + i_d) * dstate + o_n)[:, None] * length          # [N_PAD, 1]
     for i_k in range(0, n_chunks):
         i_c = n_chunks - 1 - i_k
@@ -188,7 +323,7 @@ def _selective_scan_bwd_kernel(
             stride_u_b, stride_u_d, stride_u_l, stride_dt_b, stride_dt_d, stride_dt_l,
             stride_B_b, stride_B_g, stride_B_n, stride_B_l, stride_C_b, stride_C_g, stride_C_n, stride_C_l,
             HAS_BIAS, SOFTPLUS, ACC)
-        b_h0 = tl.load(p_ckpt + o_state + i_c * dstate, mask=m_dn, other=0.0).to(ACC)
+        b_h0 = tl.load(p_ckpt + o_state + i_c * dstate * dim, mask=m_dn, other=0.0).to(ACC)
         b_a = tl.exp2(b_dt[:, None, :] * b_A2[:, :, None])                 # [BLOCK_D, N_PAD, CHUNK]
         b_x = (b_dt * b_u)[:, None, :] * b_B[None, :, :]
         b_decay, b_hs, b_ah = tl.associative_scan((b_a, b_x, tl.zeros_like(b_x)), axis=2,
@@ -252,8 +387,20 @@ def _io_dtype(x: torch.Tensor, acc_torch: torch.dtype) -> torch.dtype:
     return x.dtype if x.is_cuda else acc_torch
 
 
+def _fwd_block(dim: int, groups: int) -> tuple[int, int]:
+    """(BLOCK_D, num_warps) of the forward: one channel per thread, one warp per program (the most programs per
+    SM; the recurrence's N independent chains give each warp its own instruction-level parallelism); a block
+    stays inside one B/C group, and a small dim takes a smaller block."""
+    block_d = min(32 * FWD_NUM_WARPS, triton.next_power_of_2(dim))
+    if groups > 1:
+        per_group = dim // groups
+        while per_group % block_d:
+            block_d //= 2
+    return block_d, FWD_NUM_WARPS
+
+
 def _config(dim: int, dstate: int, groups: int) -> tuple[int, int]:
-    """(BLOCK_D, N_PAD): the tile holds about TILE_ELEMENTS; a block stays inside one B/C group."""
+    """(BLOCK_D, N_PAD) of the backward: the tile holds about TILE_ELEMENTS; a block stays inside one group."""
     n_pad = max(2, triton.next_power_of_2(dstate))
     block_d = max(1, min(16, TILE_ELEMENTS // (n_pad * CHUNK), triton.next_power_of_2(dim)))
     if groups > 1:
@@ -264,16 +411,22 @@ def _config(dim: int, dstate: int, groups: int) -> tuple[int, int]:
 
 
 def config_for(shape: tuple, dtype: torch.dtype, arch: str | None = None, groups: int = 1) -> dict:
-    """The tiles and warps both kernels launch with for (batch, dim, L, N): the same on every arch today."""
+    """The tiles, warps and grid each kernel launches with for (batch, dim, L, N), keyed by kernel name: the
+    same on every arch today."""
     batch, dim, length, dstate = shape
     block_d, n_pad = _config(dim, dstate, groups)
-    return {"BLOCK_D": block_d, "N_PAD": n_pad, "CHUNK": CHUNK, "num_warps": NUM_WARPS,
-            "grid": (triton.cdiv(dim, block_d), batch)}
+    fwd_block, fwd_warps = _fwd_block(dim, groups)
+    return {"N_PAD": n_pad, "CHUNK": CHUNK,
+            "_selective_scan_fwd_kernel": {"BLOCK_D": fwd_block, "num_warps": fwd_warps,
+                                           "grid": (triton.cdiv(dim, fwd_block), batch)},
+            "_selective_scan_bwd_kernel": {"BLOCK_D": block_d, "num_warps": NUM_WARPS,
+                                           "grid": (triton.cdiv(dim, block_d), batch)}}
 
 
 def checkpoint_shape(batch: int, dim: int, length: int, dstate: int, groups: int, save_states: bool = True) -> tuple:
-    """The state entering every CHUNK-step chunk, (batch, dim, n_chunks, N); a 1-element stand-in unsaved."""
-    return (batch, dim, triton.cdiv(length, CHUNK), dstate) if save_states else (1,)
+    """The state entering every CHUNK-step chunk, (batch, n_chunks, N, dim): contiguous along the channels, so
+    that the forward's thread-per-channel stores coalesce; a 1-element stand-in unsaved."""
+    return (batch, triton.cdiv(length, CHUNK), dstate, dim) if save_states else (1,)
 
 
 def _bc_strides(BC: torch.Tensor) -> tuple[int, int, int, int]:
@@ -287,7 +440,7 @@ def _common(u, delta, A, B, C, z):
     dstate = A.shape[1]
     groups = groups_of(B, C)
     config = config_for((batch, dim, length, dstate), u.dtype, groups=groups)
-    block_d, n_pad = config["BLOCK_D"], config["N_PAD"]
+    n_pad = config["N_PAD"]
     z_strides = z.stride() if z is not None else (0, 0, 0)
     strides = dict(
         stride_u_b=u.stride(0), stride_u_d=u.stride(1), stride_u_l=u.stride(2),
@@ -298,26 +451,48 @@ def _common(u, delta, A, B, C, z):
         **dict(zip(("stride_C_b", "stride_C_g", "stride_C_n", "stride_C_l"), _bc_strides(C))),
         dim=dim, dstate=dstate, length=length, dim_per_group=dim // groups,
     )
-    return batch, dim, length, dstate, groups, block_d, n_pad, strides, config["grid"]
+    return batch, dim, length, dstate, groups, n_pad, strides, config
+
+
+def _sub_steps(u: torch.Tensor) -> int:
+    """Steps per tile of the forward: 4 (a 64-bit bf16 / 128-bit fp32 vector per thread), 2 for float64. Eight
+    bf16 steps (one 128-bit load) let ptxas hoist eight steps' B/C loads and spill on sm_80 and sm_90."""
+    return max(1, min(4, 16 // u.element_size()))
+
+
+def _along_time(x: torch.Tensor | None) -> bool:
+    """Whether (batch, dim, L) ``x`` is contiguous along L, so that the forward reads it in per-thread tiles."""
+    return x is not None and (x.stride(2) == 1 or x.shape[2] == 1)
 
 
 def forward(*, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
             save_states=True) -> ScanForward:
-    """out in u's dtype on the GPU, last_state (batch, dim, N), the chunk-start states when ``save_states``."""
-    batch, dim, length, dstate, groups, block_d, n_pad, strides, grid = _common(u, delta, A, B, C, z)
+    """out in u's dtype on the GPU and in u's layout (contiguous along L, or along the channels when u is, as
+    the model's transposed projections are), last_state (batch, dim, N), the chunk-start states when
+    ``save_states``."""
+    batch, dim, length, dstate, groups, n_pad, strides, config = _common(u, delta, A, B, C, z)
+    launch = config["_selective_scan_fwd_kernel"]
     acc_tl, acc_torch = _acc_dtype(u)
     save = bool(save_states)
-    out = torch.empty((batch, dim, length), dtype=_io_dtype(u, acc_torch), device=u.device)
+    out_tile = _along_time(u)
+    out_dtype = _io_dtype(u, acc_torch)
+    if out_tile:
+        out = torch.empty((batch, dim, length), dtype=out_dtype, device=u.device)
+    else:
+        out = torch.empty((batch, length, dim), dtype=out_dtype, device=u.device).transpose(1, 2)
     last_state = torch.empty((batch, dim, dstate), dtype=acc_torch, device=u.device)
     checkpoints = torch.empty(checkpoint_shape(batch, dim, length, dstate, groups, save), dtype=acc_torch,
                               device=u.device)
     D_arg = D.contiguous() if D is not None else out
     bias_arg = delta_bias.contiguous() if delta_bias is not None else out
-    _selective_scan_fwd_kernel[grid](
+    _selective_scan_fwd_kernel[launch["grid"]](
         p_u=u, p_delta=delta, p_A=A, p_B=B, p_C=C, p_D=D_arg, p_z=z if z is not None else u, p_bias=bias_arg,
         p_out=out, p_last=last_state, p_ckpt=checkpoints, **strides,
+        stride_out_b=out.stride(0), stride_out_d=out.stride(1), stride_out_l=out.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        SAVE_STATES=save, BLOCK_D=block_d, N_PAD=n_pad, CHUNK=CHUNK, ACC=acc_tl, num_warps=NUM_WARPS,
+        SAVE_STATES=save, U_TILE=_along_time(u), DT_TILE=_along_time(delta), Z_TILE=out_tile and _along_time(z),
+        OUT_TILE=out_tile, EVEN_N=n_pad == dstate, BLOCK_D=launch["BLOCK_D"], N_PAD=n_pad, CHUNK=CHUNK,
+        SUB=_sub_steps(u), ACC=acc_tl, num_warps=launch["num_warps"],
     )
     return ScanForward(out, last_state, checkpoints)
 
@@ -325,7 +500,9 @@ def forward(*, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
 def backward(*, dout, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
              checkpoints) -> ScanGrads:
     """Every gradient; du/ddelta/dz in their inputs' dtypes on the GPU."""
-    batch, dim, length, dstate, groups, block_d, n_pad, strides, grid = _common(u, delta, A, B, C, z)
+    batch, dim, length, dstate, groups, n_pad, strides, config = _common(u, delta, A, B, C, z)
+    launch = config["_selective_scan_bwd_kernel"]
+    block_d, grid = launch["BLOCK_D"], launch["grid"]
     acc_tl, acc_torch = _acc_dtype(u)
     device = u.device
     n_dblocks = grid[0]
@@ -347,7 +524,7 @@ def backward(*, dout, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         p_dbias_part=dbias_part if dbias_part is not None else dA_part,
         stride_do_b=dout.stride(0), stride_do_d=dout.stride(1), stride_do_l=dout.stride(2), **strides,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        BLOCK_D=block_d, N_PAD=n_pad, CHUNK=CHUNK, ACC=acc_tl, num_warps=NUM_WARPS,
+        BLOCK_D=block_d, N_PAD=n_pad, CHUNK=CHUNK, ACC=acc_tl, num_warps=launch["num_warps"],
     )
     dB = _reduce_channel_blocks(dB_part, B, groups)
     dC = _reduce_channel_blocks(dC_part, C, groups)

@@ -57,16 +57,32 @@ def test_report_has_a_record_per_kernel_arch_shape_dtype_and_per_op(report):
 
 
 def test_report_sees_what_the_issue_measured_by_hand(report):
-    """The scan forward's chunk loop shuffles per associative-scan step (863 instructions, 256 SHFL on
+    """The scan backward's chunk loop shuffles per associative-scan step (2,067 instructions, 664 SHFL on
     sm_90 at triton 3.9) and bf16 contrastive tiles use tensor cores; the numbers are the SASS's, so only
     their kind is pinned here, not the exact count a compiler version gives."""
     _, out = report
     _, *records = json.loads((out / "kernel-report.json").read_text())
-    scan = next(r for r in records if r.get("kernel") == "_selective_scan_fwd_kernel" and r["arch"] == "sm_90")
+    scan = next(r for r in records if r.get("kernel") == "_selective_scan_bwd_kernel" and r["arch"] == "sm_90")
     assert scan["shfl_per_loop_iter"] > 0 and scan["mma_instructions"] == 0
     contrastive = next(r for r in records if r.get("kernel") == "_contrastive_fwd_kernel"
                        and r["dtype"] == "bfloat16" and r["arch"] == "sm_90")
     assert contrastive["mma_instructions"] > 0 and contrastive["dots_needing_mma"] > 0
+
+
+def test_scan_forward_runs_serially_in_registers_near_the_floor(report):
+    """Issue 15's forward at (16, 1536, 2048, 16), bf16 and fp32, sm_80 and sm_90: one channel per thread, so
+    the chunk loop has no shuffle and no barrier, no spill, at least 2 CTAs per SM, estimate within 2x the
+    floor (the floor there is the ex2 unit's: one exp per state and step)."""
+    _, out = report
+    _, *records = json.loads((out / "kernel-report.json").read_text())
+    forwards = [r for r in records if r.get("kernel") == "_selective_scan_fwd_kernel"]
+    assert {(r["arch"], r["dtype"]) for r in forwards} == {
+        (arch, dtype) for arch in ("sm_80", "sm_90") for dtype in ("bfloat16", "float32")}
+    for record in forwards:
+        where = f"{record['arch']} {record['dtype']}"
+        assert record["hot_loop"]["shfl"] == 0 and record["hot_loop"]["bar"] == 0, where
+        assert record["spill_bytes"] == 0 and record["ctas_per_sm"] >= 2, where
+        assert record["estimate_over_floor"] <= 2.0, where
 
 
 def test_checks_fail_a_spilling_kernel_and_a_bf16_dot_off_the_tensor_cores():
