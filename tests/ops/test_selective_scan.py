@@ -212,6 +212,22 @@ def test_strided_views_match_contiguous(path):
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("length, groups", [(1, None), (37, None), (20, 2)])
+def test_channel_major_layouts_match_the_reference(path, length, groups):
+    """u, Δ and z as transposed (batch, L, dim) tensors (contiguous along the channels, as the mixer's
+    projections give them) and B/C contiguous along N: the Triton forward reads these one step at a time
+    instead of in per-thread tiles and writes out in u's layout. float64 parity, gradients included."""
+    use_path(path)
+    inputs, softplus = make_inputs(2, 6, length, 16, seed=91, groups=groups)
+    for name in ("u", "delta", "z"):
+        inputs[name] = inputs[name].transpose(1, 2).contiguous().transpose(1, 2)
+    for name in ("B", "C"):
+        inputs[name] = inputs[name].transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert inputs["u"].stride(1) == 1 and inputs["B"].stride(-2) == 1
+    assert_parity(inputs, softplus, seed=92)
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("regime", ["tiny-delta", "huge-delta", "mixed-delta"])
 def test_long_sequence_extreme_delta(path, regime):
     """4097 steps with Δ down to ~1e-9 (softplus of -20) or up to 1e2: finite, and still matching."""
