@@ -24,6 +24,9 @@ TILE_ELEMENTS = 4096  # BLOCK_D * N_PAD * CHUNK: what 8 warps hold in registers 
 CHUNK = 16        # steps per chunk: the forward checkpoints the state entering each, the backward rescans one
 NUM_WARPS = 8     # backward
 FWD_NUM_WARPS = 1
+# Left to itself ptxas aims the 1-warp forward at 128 registers and, for some builds of the same source, spills
+# (24 B on sm_90 bf16); allowed up to 255 it takes ~195 without spilling (still 10 CTAs/SM).
+FWD_MAXNREG = 255
 
 
 @triton.jit
@@ -191,7 +194,7 @@ def _fwd_chunk(
     if SAVE_STATES:
         # One coalesced [BLOCK_D] store per state: a [BLOCK_D, N] store would get a vectorised layout of
         # its own and drag the state's layout (and every step's arithmetic) into it.
-        p_state = p_ckpt + o_state + i_c * dstate * dim
+        p_state = p_ckpt + o_state + tl.cast(i_c, tl.int64) * (dstate * dim)  # int64: chunks x N x dim may pass 2^31
         for n in tl.static_range(N_PAD):
             tl.store(p_state + n * dim, _column(b_h, o_n, n), mask=m_d & (o_d * 0 + n < dstate))
     l0 = tl.cast(i_c, tl.int64) * CHUNK
@@ -323,7 +326,7 @@ def _selective_scan_bwd_kernel(
             stride_u_b, stride_u_d, stride_u_l, stride_dt_b, stride_dt_d, stride_dt_l,
             stride_B_b, stride_B_g, stride_B_n, stride_B_l, stride_C_b, stride_C_g, stride_C_n, stride_C_l,
             HAS_BIAS, SOFTPLUS, ACC)
-        b_h0 = tl.load(p_ckpt + o_state + i_c * dstate * dim, mask=m_dn, other=0.0).to(ACC)
+        b_h0 = tl.load(p_ckpt + o_state + tl.cast(i_c, tl.int64) * (dstate * dim), mask=m_dn, other=0.0).to(ACC)
         b_a = tl.exp2(b_dt[:, None, :] * b_A2[:, :, None])                 # [BLOCK_D, N_PAD, CHUNK]
         b_x = (b_dt * b_u)[:, None, :] * b_B[None, :, :]
         b_decay, b_hs, b_ah = tl.associative_scan((b_a, b_x, tl.zeros_like(b_x)), axis=2,
@@ -417,7 +420,7 @@ def config_for(shape: tuple, dtype: torch.dtype, arch: str | None = None, groups
     block_d, n_pad = _config(dim, dstate, groups)
     fwd_block, fwd_warps = _fwd_block(dim, groups)
     return {"N_PAD": n_pad, "CHUNK": CHUNK,
-            "_selective_scan_fwd_kernel": {"BLOCK_D": fwd_block, "num_warps": fwd_warps,
+            "_selective_scan_fwd_kernel": {"BLOCK_D": fwd_block, "num_warps": fwd_warps, "maxnreg": FWD_MAXNREG,
                                            "grid": (triton.cdiv(dim, fwd_block), batch)},
             "_selective_scan_bwd_kernel": {"BLOCK_D": block_d, "num_warps": NUM_WARPS,
                                            "grid": (triton.cdiv(dim, block_d), batch)}}
@@ -492,7 +495,7 @@ def forward(*, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         SAVE_STATES=save, U_TILE=_along_time(u), DT_TILE=_along_time(delta), Z_TILE=out_tile and _along_time(z),
         OUT_TILE=out_tile, EVEN_N=n_pad == dstate, BLOCK_D=launch["BLOCK_D"], N_PAD=n_pad, CHUNK=CHUNK,
-        SUB=_sub_steps(u), ACC=acc_tl, num_warps=launch["num_warps"],
+        SUB=_sub_steps(u), ACC=acc_tl, num_warps=launch["num_warps"], maxnreg=launch["maxnreg"],
     )
     return ScanForward(out, last_state, checkpoints)
 
