@@ -76,17 +76,7 @@ def build(cases, archs=ARCHS, log=print) -> list:
                                        (int(target.arch[3]), int(target.arch[4:])))
                 estimates, seen = [], {}
                 config = case.config_for(target.arch)
-                config_mismatches = sorted({
-                    f"{launch.name}: {name}={used} but config_for says {_config_of(config, launch.name)[name]}"
-                    for launch in capture.triton
-                    for name, used in {**launch.args, **launch.options}.items()
-                    if name in _config_of(config, launch.name) and name != "grid"
-                    and used != _config_of(config, launch.name)[name]} | {
-                    f"{launch.name}: grid={tuple(launch.grid)} but config_for says "
-                    f"{tuple(_config_of(config, launch.name)['grid'])}"
-                    for launch in capture.triton
-                    if "grid" in _config_of(config, launch.name)
-                    and tuple(launch.grid) != _grid3(_config_of(config, launch.name)["grid"])})
+                config_mismatches = sorted(set(_mismatches(capture.triton, config)))
                 for launch in capture.triton:
                     key = (launch.name, arch, repr(sorted((k, _key(v)) for k, v in launch.args.items())),
                            repr(sorted(launch.options.items())))
@@ -114,6 +104,17 @@ def build(cases, archs=ARCHS, log=print) -> list:
                     "config_mismatches": config_mismatches,
                 })
     return records
+
+
+def _mismatches(launches, config: dict):
+    """One line per launch argument, option or grid that differs from what ``config_for`` says."""
+    for launch in launches:
+        expected = _config_of(config, launch.name)
+        for name, used in {**launch.args, **launch.options}.items():
+            if name in expected and name != "grid" and used != expected[name]:
+                yield f"{launch.name}: {name}={used} but config_for says {expected[name]}"
+        if "grid" in expected and tuple(launch.grid) != _grid3(expected["grid"]):
+            yield f"{launch.name}: grid={tuple(launch.grid)} but config_for says {tuple(expected['grid'])}"
 
 
 def _config_of(config: dict, kernel: str) -> dict:

@@ -112,15 +112,16 @@ def _fwd_steps(
     stride_C_n, stride_C_l, stride_out_d, stride_out_l, length,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     U_TILE: tl.constexpr, DT_TILE: tl.constexpr, Z_TILE: tl.constexpr,
-    OUT_TILE: tl.constexpr, EVEN_N: tl.constexpr, MASK_L: tl.constexpr, BLOCK_D: tl.constexpr, SUB: tl.constexpr,
+    EVEN_N: tl.constexpr, MASK_L: tl.constexpr, BLOCK_D: tl.constexpr, SUB: tl.constexpr,
     ACC: tl.constexpr,
 ):
     """SUB steps of the recurrence from state b_h at step l0, each thread one channel with its N states in
     registers.
 
     A tensor contiguous along L (``*_TILE``) is read as a [BLOCK_D, SUB] tile, one vector load per thread (the
-    layout that keeps a channel's steps in one thread); its columns are picked per step. Any other layout is read step by step, one element per thread, coalesced across the channels when
-    the tensor is contiguous along them. B_t and C_t ([N_PAD], the same for every channel of the block) are
+    layout that keeps a channel's steps in one thread); its columns are picked per step, and ``out`` follows
+    u's layout. Any other layout is read step by step, one element per thread, coalesced across the channels
+    when the tensor is contiguous along them. B_t and C_t ([N_PAD], the same for every channel of the block) are
     loaded per step. Without MASK_L every step is inside the sequence."""
     o_l = l0 + o_t
     if MASK_L:
@@ -163,12 +164,12 @@ def _fwd_steps(
             if not Z_TILE:
                 z_t = tl.load(p_z + base_z + o_d * stride_z_d + l * stride_z_l, mask=m_t, other=0.0).to(ACC)
                 y_t = y_t * z_t / (1.0 + tl.exp(-z_t))
-        if OUT_TILE:
+        if U_TILE:
             b_y = tl.where(o_t[None, :] == t, y_t[:, None], b_y)
         else:
             tl.store(p_out + base_out + o_d * stride_out_d + l * stride_out_l, y_t.to(p_out.dtype.element_ty),
                      mask=m_t)
-    if OUT_TILE:
+    if U_TILE:
         if HAS_Z:
             if Z_TILE:
                 b_z = tl.load(p_z + base_z + o_d[:, None] * stride_z_d + o_l[None, :], mask=m_dl, other=0.0).to(ACC)
@@ -186,7 +187,7 @@ def _fwd_chunk(
     stride_C_n, stride_C_l, stride_out_d, stride_out_l, dim, dstate, length,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     SAVE_STATES: tl.constexpr, U_TILE: tl.constexpr, DT_TILE: tl.constexpr, Z_TILE: tl.constexpr,
-    OUT_TILE: tl.constexpr, EVEN_N: tl.constexpr, MASK_L: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    EVEN_N: tl.constexpr, MASK_L: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
     SUB: tl.constexpr, ACC: tl.constexpr,
 ):
     """Chunk i_c: saves the state entering it, then runs its CHUNK steps SUB at a time."""
@@ -204,7 +205,7 @@ def _fwd_chunk(
             o_d, m_d, o_n, m_n, o_t, base_u, base_dt, base_z, base_B, base_C, base_out,
             stride_u_d, stride_u_l, stride_dt_d, stride_dt_l, stride_z_d, stride_z_l, stride_B_n, stride_B_l,
             stride_C_n, stride_C_l, stride_out_d, stride_out_l, length,
-            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, U_TILE, DT_TILE, Z_TILE, OUT_TILE, EVEN_N, MASK_L, BLOCK_D, SUB, ACC)
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, U_TILE, DT_TILE, Z_TILE, EVEN_N, MASK_L, BLOCK_D, SUB, ACC)
     return b_h
 
 
@@ -222,7 +223,7 @@ def _selective_scan_fwd_kernel(
     dim, dstate, length, dim_per_group,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     SAVE_STATES: tl.constexpr, U_TILE: tl.constexpr, DT_TILE: tl.constexpr, Z_TILE: tl.constexpr,
-    OUT_TILE: tl.constexpr, EVEN_N: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr,
+    EVEN_N: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr,
     SUB: tl.constexpr, ACC: tl.constexpr,
 ):
     i_d = tl.program_id(0).to(tl.int64)
@@ -262,7 +263,7 @@ def _selective_scan_fwd_kernel(
             o_d, m_d, o_n, m_n, m_dn, o_t, o_state, base_u, base_dt, base_z, base_B, base_C, base_out,
             stride_u_d, stride_u_l, stride_dt_d, stride_dt_l, stride_z_d, stride_z_l, stride_B_n, stride_B_l,
             stride_C_n, stride_C_l, stride_out_d, stride_out_l, dim, dstate, length,
-            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE_STATES, U_TILE, DT_TILE, Z_TILE, OUT_TILE,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE_STATES, U_TILE, DT_TILE, Z_TILE,
             EVEN_N, False, BLOCK_D, CHUNK, SUB, ACC)
     if n_full < n_chunks:
         b_h = _fwd_chunk(
@@ -270,7 +271,7 @@ def _selective_scan_fwd_kernel(
             o_d, m_d, o_n, m_n, m_dn, o_t, o_state, base_u, base_dt, base_z, base_B, base_C, base_out,
             stride_u_d, stride_u_l, stride_dt_d, stride_dt_l, stride_z_d, stride_z_l, stride_B_n, stride_B_l,
             stride_C_n, stride_C_l, stride_out_d, stride_out_l, dim, dstate, length,
-            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE_STATES, U_TILE, DT_TILE, Z_TILE, OUT_TILE,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SAVE_STATES, U_TILE, DT_TILE, Z_TILE,
             EVEN_N, True, BLOCK_D, CHUNK, SUB, ACC)
     tl.store(p_last + (i_b * dim + o_d)[:, None] * dstate + o_n[None, :], b_h, mask=m_dn)
 
@@ -390,27 +391,28 @@ def _io_dtype(x: torch.Tensor, acc_torch: torch.dtype) -> torch.dtype:
     return x.dtype if x.is_cuda else acc_torch
 
 
-def _fwd_block(dim: int, groups: int) -> tuple[int, int]:
-    """(BLOCK_D, num_warps) of the forward: one channel per thread, one warp per program (the most programs per
-    SM; the recurrence's N independent chains give each warp its own instruction-level parallelism); a block
-    stays inside one B/C group, and a small dim takes a smaller block."""
-    block_d = min(32 * FWD_NUM_WARPS, triton.next_power_of_2(dim))
+def _inside_group(block_d: int, dim: int, groups: int) -> int:
+    """The largest power-of-two block not above ``block_d`` that divides dim / groups: a block of channels then
+    never straddles a B/C group."""
     if groups > 1:
         per_group = dim // groups
         while per_group % block_d:
             block_d //= 2
-    return block_d, FWD_NUM_WARPS
+    return block_d
+
+
+def _fwd_block(dim: int, groups: int) -> tuple[int, int]:
+    """(BLOCK_D, num_warps) of the forward: one channel per thread, one warp per program (the most programs per
+    SM; the recurrence's N independent chains give each warp its own instruction-level parallelism); a block
+    stays inside one B/C group, and a small dim takes a smaller block."""
+    return _inside_group(min(32 * FWD_NUM_WARPS, triton.next_power_of_2(dim)), dim, groups), FWD_NUM_WARPS
 
 
 def _config(dim: int, dstate: int, groups: int) -> tuple[int, int]:
     """(BLOCK_D, N_PAD) of the backward: the tile holds about TILE_ELEMENTS; a block stays inside one group."""
     n_pad = max(2, triton.next_power_of_2(dstate))
     block_d = max(1, min(16, TILE_ELEMENTS // (n_pad * CHUNK), triton.next_power_of_2(dim)))
-    if groups > 1:
-        per_group = dim // groups
-        while per_group % block_d:
-            block_d //= 2
-    return block_d, n_pad
+    return _inside_group(block_d, dim, groups), n_pad
 
 
 def config_for(shape: tuple, dtype: torch.dtype, arch: str | None = None, groups: int = 1) -> dict:
@@ -477,9 +479,9 @@ def forward(*, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
     launch = config["_selective_scan_fwd_kernel"]
     acc_tl, acc_torch = _acc_dtype(u)
     save = bool(save_states)
-    out_tile = _along_time(u)
+    u_tile = _along_time(u)  # then out is written in tiles too: it takes u's layout
     out_dtype = _io_dtype(u, acc_torch)
-    if out_tile:
+    if u_tile:
         out = torch.empty((batch, dim, length), dtype=out_dtype, device=u.device)
     else:
         out = torch.empty((batch, length, dim), dtype=out_dtype, device=u.device).transpose(1, 2)
@@ -493,8 +495,8 @@ def forward(*, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
         p_out=out, p_last=last_state, p_ckpt=checkpoints, **strides,
         stride_out_b=out.stride(0), stride_out_d=out.stride(1), stride_out_l=out.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        SAVE_STATES=save, U_TILE=_along_time(u), DT_TILE=_along_time(delta), Z_TILE=out_tile and _along_time(z),
-        OUT_TILE=out_tile, EVEN_N=n_pad == dstate, BLOCK_D=launch["BLOCK_D"], N_PAD=n_pad, CHUNK=CHUNK,
+        SAVE_STATES=save, U_TILE=u_tile, DT_TILE=_along_time(delta), Z_TILE=u_tile and _along_time(z),
+        EVEN_N=n_pad == dstate, BLOCK_D=launch["BLOCK_D"], N_PAD=n_pad, CHUNK=CHUNK,
         SUB=_sub_steps(u), ACC=acc_tl, num_warps=launch["num_warps"], maxnreg=launch["maxnreg"],
     )
     return ScanForward(out, last_state, checkpoints)
