@@ -33,7 +33,7 @@ def _scan(args, backward: bool) -> Cost:
     steps = batch * dim * length * dstate
     return Cost(bytes_min=streams * batch * dim * length * _size(u) + bc,
                 fp32_flops=steps * (10 if backward else 4), exps=steps,
-                loop_trips=(math.ceil(length / args["CHUNK"]),))
+                loop_trips=(math.ceil(length / args["CHUNK"]),) + ((dstate,) if backward else ()))
 
 
 def _focal(args) -> Cost:

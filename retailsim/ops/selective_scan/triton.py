@@ -3,9 +3,9 @@
 Forward: one program per (block of BLOCK_D = 32 * num_warps channels, batch element), one channel per
 thread, the channel's N states in registers; the recurrence runs serially over time, so nothing crosses
 threads inside the loop (no shuffle, no barrier: the kernel report checks the SASS). It saves the state
-entering every CHUNK-step chunk. Backward: one program per (block of BLOCK_D channels, batch element) walking
-the chunks last to first with [BLOCK_D, N_PAD, CHUNK] register tiles and associative scans along CHUNK,
-recomputing each chunk's states from the forward's checkpoint. State in ``ACC`` (float32; float64 only for
+entering every CHUNK-step chunk. Backward: the same mapping (one warp, one channel per thread) walking the
+chunks last to first and, inside each, the states one at a time: the chunk's states recomputed serially
+from the forward's checkpoint, then the adjoint serially backwards. State in ``ACC`` (float32; float64 only for
 float64 inputs, which the gradcheck uses). L is a runtime argument that Triton does not specialise on
 (``do_not_specialize``); strides keep their specialisation (unit stride and 16-divisibility give vector
 loads), so a layout whose strides change alignment class with L compiles once per class, never per length.
@@ -20,35 +20,12 @@ import triton.language as tl
 from retailsim.ops.selective_scan.contract import ScanForward, ScanGrads, groups_of
 
 SOFTPLUS_THRESHOLD = 20.0
-TILE_ELEMENTS = 4096  # BLOCK_D * N_PAD * CHUNK: what 8 warps hold in registers without spilling
 CHUNK = 16        # steps per chunk: the forward checkpoints the state entering each, the backward rescans one
-NUM_WARPS = 8     # backward
 FWD_NUM_WARPS = 1
-# Left to itself ptxas aims the 1-warp forward at 128 registers and, for some builds of the same source, spills
-# (24 B on sm_90 bf16); allowed up to 255 it takes ~195 without spilling (still 10 CTAs/SM).
-FWD_MAXNREG = 255
-
-
-@triton.jit
-def _affine_combine(a_left, h_left, a_right, h_right):
-    # Composition of h -> a h + x maps: first the earlier (left) step, then the later (right) one.
-    return a_left * a_right, h_left * a_right + h_right
-
-
-@triton.jit
-def _affine_combine_with_previous(a_left, h_left, prev_left, a_right, h_right, prev_right):
-    # As _affine_combine, plus a third component that leaves out the last step's own drive: the scan then
-    # yields a_t h_{t-1} directly, which h_t - x_t would lose to cancellation when a_t is tiny (huge Δ).
-    return a_left * a_right, h_left * a_right + h_right, h_left * a_right + prev_right
-
-
-@triton.jit
-def _adjoint_combine(first_later, prod_later, acc_later, first_earlier, prod_earlier, acc_earlier):
-    # Reverse scan of g_t = e_t + a_{t+1} g_{t+1}. A segment [t0, t1] is (a_{t0}, P, E) with
-    # g_{t0} = E + P * (a_{t1+1} g_{t1+1}) and P = a_{t0+1} ... a_{t1}; the later segment's first decay
-    # links the two. Triton's reverse scan passes the accumulated later segment first.
-    link = prod_earlier * first_later
-    return first_earlier, prod_later * link, acc_earlier + link * acc_later
+BWD_NUM_WARPS = 1
+# Left to itself ptxas aims a 1-warp kernel at 128 registers and, for some builds of the same source, spills
+# (24 B on sm_90 bf16 in the forward); allowed up to 255 it takes what it needs (still >= 8 CTAs/SM).
+MAXNREG = 255
 
 
 @triton.jit
@@ -59,31 +36,6 @@ def _softplus(x):
     exact = w == 1.0
     soft = tl.where(exact, e, tl.log(w) * (e / tl.where(exact, 1.0, w - 1.0)))
     return tl.where(x > 20.0, x, soft)
-
-
-@triton.jit
-def _load_chunk(p_u, p_delta, p_bias, p_B, p_C, i_b, i_g, o_d, o_l, m_d, m_l, o_n, m_n,
-                stride_u_b, stride_u_d, stride_u_l, stride_dt_b, stride_dt_d, stride_dt_l,
-                stride_B_b, stride_B_g, stride_B_n, stride_B_l, stride_C_b, stride_C_g, stride_C_n, stride_C_l,
-                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACC: tl.constexpr):
-    """u, Δ (before and after bias/softplus; 0 outside the data) as [BLOCK_D, CHUNK]; B, C as [N_PAD, CHUNK]."""
-    m_dl = m_d[:, None] & m_l[None, :]
-    b_u = tl.load(p_u + i_b * stride_u_b + o_d[:, None] * stride_u_d + o_l[None, :] * stride_u_l,
-                  mask=m_dl, other=0.0).to(ACC)
-    b_pre = tl.load(p_delta + i_b * stride_dt_b + o_d[:, None] * stride_dt_d + o_l[None, :] * stride_dt_l,
-                    mask=m_dl, other=0.0).to(ACC)
-    if HAS_BIAS:
-        b_pre = b_pre + tl.load(p_bias + o_d, mask=m_d, other=0.0).to(ACC)[:, None]
-    b_dt = b_pre
-    if SOFTPLUS:
-        b_dt = _softplus(b_pre)
-    b_dt = tl.where(m_dl, b_dt, 0.0)  # padding steps: decay 1, drive 0, so the state passes through
-    m_nl = m_n[:, None] & m_l[None, :]
-    b_B = tl.load(p_B + i_b * stride_B_b + i_g * stride_B_g + o_n[:, None] * stride_B_n + o_l[None, :] * stride_B_l,
-                  mask=m_nl, other=0.0).to(ACC)
-    b_C = tl.load(p_C + i_b * stride_C_b + i_g * stride_C_g + o_n[:, None] * stride_C_n + o_l[None, :] * stride_C_l,
-                  mask=m_nl, other=0.0).to(ACC)
-    return b_u, b_pre, b_dt, b_B, b_C
 
 
 @triton.jit
@@ -276,22 +228,97 @@ def _selective_scan_fwd_kernel(
     tl.store(p_last + (i_b * dim + o_d)[:, None] * dstate + o_n[None, :], b_h, mask=m_dn)
 
 
+@triton.jit
+def _row(tile, o_t, t: tl.constexpr):
+    # Step t of a [CHUNK, BLOCK_D] tile. The default layout of that shape puts the channels across the lanes and
+    # the steps in each thread's registers, so this select folds to register moves.
+    return tl.sum(tl.where(o_t[:, None] == t, tile, -0.0), axis=0)
+
+
+@triton.jit
+def _put(tile, o_t, t: tl.constexpr, value):
+    # Step t of such a tile set to ``value``.
+    return tl.where(o_t[:, None] == t, value[None, :], tile)
+
+
+@triton.jit
+def _add_to(tile, o_t, t: tl.constexpr, value):
+    # Step t of such a tile plus ``value``, the other steps unchanged (+ -0.0 leaves every value as it is).
+    return tile + tl.where(o_t[:, None] == t, value[None, :], -0.0)
+
+
+@triton.jit
+def _bwd_state(
+    p_A, p_B, p_C, p_ckpt, p_dB, p_dC, p_carry, p_dA, b_dt, b_x, b_dy, b_y, b_sA, b_gB,
+    n, l0, o_d, m_d, m_later, o_t, o_state, o_nd,
+    stride_A_d, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l, dim, length,
+    HAS_Z: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
+):
+    """State n of one chunk, each thread one channel: the chunk's states recomputed forward from the checkpoint,
+    then the adjoint backward. The sums over n (du, dΔ, y) accumulate in the thread's registers; the sums over
+    the block's channels (dB_t, dC_t) are one reduction across the lanes per step, gathered into one [CHUNK]
+    store each per state and chunk (a store per step, behind a branch, costs more: kernel report)."""
+    a2 = tl.load(p_A + o_d * stride_A_d + n * stride_A_n, mask=m_d, other=0.0).to(ACC) * 1.4426950408889634
+    b_h = tl.load(p_ckpt + o_state + n * dim, mask=m_d, other=0.0).to(ACC)
+    b_ah = tl.zeros_like(b_dt)
+    # B_n and C_n over the chunk as [CHUNK, BLOCK_D] tiles (every lane reads the same addresses: one broadcast
+    # load per step), read once for both sweeps. Steps past the end read the last step's (a clamped address,
+    # no mask): there Δ = 0 and dy = 0, so the state passes through unchanged and nothing from them is stored.
+    # (p_B, p_C, p_dB, p_dC point at this program's batch, group and channel block.)
+    o_bc = tl.minimum(l0 + o_t, length - 1)[:, None] + o_d[None, :] * 0
+    b_B = tl.load(p_B + (n * stride_B_n + o_bc * stride_B_l)).to(ACC)
+    b_C = tl.load(p_C + (n * stride_C_n + o_bc * stride_C_l)).to(ACC)
+    v_dC = tl.zeros([CHUNK], dtype=ACC)
+    for t in tl.static_range(CHUNK):
+        B_t = _row(b_B, o_t, t)
+        ah_t = tl.exp2(_row(b_dt, o_t, t) * a2) * b_h      # a_t h_{t-1}, kept for dΔ and dA
+        b_h = ah_t + _row(b_x, o_t, t) * B_t
+        b_ah = _put(b_ah, o_t, t, ah_t)
+        v_dC = tl.where(o_t == t, tl.sum(b_h * _row(b_dy, o_t, t), axis=0), v_dC)
+        if HAS_Z:
+            b_y = _add_to(b_y, o_t, t, b_h * _row(b_C, o_t, t))
+    # a_{t+1} g_{t+1} from the chunk after; the last chunk (processed first) starts from zero, and so does dA.
+    b_ag = tl.load(p_carry + o_nd + n * dim, mask=m_later, other=0.0)
+    b_da = tl.load(p_dA + o_nd + n * dim, mask=m_later, other=0.0)
+    v_dB = tl.zeros([CHUNK], dtype=ACC)
+    for r in tl.static_range(CHUNK - 1, -1, -1):
+        B_t = _row(b_B, o_t, r)
+        C_t = _row(b_C, o_t, r)
+        dt_r = _row(b_dt, o_t, r)
+        g_t = _row(b_dy, o_t, r) * C_t + b_ag
+        b_ag = tl.exp2(dt_r * a2) * g_t   # the forward sweep's a_t: the compiler keeps it, no second exp2
+        gah_t = g_t * _row(b_ah, o_t, r)
+        b_sA = _add_to(b_sA, o_t, r, gah_t * a2)
+        b_gB = _add_to(b_gB, o_t, r, g_t * B_t)
+        b_da = b_da + gah_t * dt_r
+        v_dB = tl.where(o_t == r, tl.sum(g_t * _row(b_x, o_t, r), axis=0), v_dB)
+    o_l = l0 + o_t
+    tl.store(p_dC + n * length + o_l, v_dC, mask=o_l < length)
+    tl.store(p_dB + n * length + o_l, v_dB, mask=o_l < length)
+    # The carry and dA live in per-program scratch, each thread reading back only what it wrote.
+    tl.store(p_carry + o_nd + n * dim, b_ag, mask=m_d)
+    tl.store(p_dA + o_nd + n * dim, b_da, mask=m_d)
+    return b_y, b_sA, b_gB
+
+
 # Backward: with dy_t = dout_t silu(z_t), the adjoint g_t = dL/dh_t obeys g_t = C_t dy_t + a_{t+1} g_{t+1}
-# (a_t = exp(Δ_t A)); then dx_t = g_t, d(a_t)·a_t... gives
+# (a_t = exp(Δ_t A)), and
 #   dΔ_t = Σ_n g_t (A a_t h_{t-1} + B_t u_t),  dA = Σ_t g_t a_t h_{t-1} Δ_t,  dB_t = Σ_d g_t Δ_t u_t,
-#   dC_t = Σ_d dy_t h_t,  du_t = Σ_n g_t Δ_t B_t + D dy_t,  dz_t = dout_t y_t silu'(z_t),
-# with a_t h_{t-1} from its own scan component (not h_t - x_t, which cancels). Chunks run last to first: each recomputes
-# its states from the checkpoint the forward saved, and the adjoint carried in from the chunk after it.
-# Sums over channels (dB, dC) and over batch/time (dA, dD, dΔ-bias) leave per-program partials that torch
-# sums afterwards in a fixed order: deterministic, no atomics. Grid: (cdiv(dim, BLOCK_D), batch).
+#   dC_t = Σ_d dy_t h_t,  du_t = Σ_n g_t Δ_t B_t + D dy_t,  dz_t = dout_t y_t silu'(z_t).
+# Each thread owns one channel, as in the forward. Chunks run last to first; in each, for every state n, the
+# thread recomputes the chunk's 16 states serially from the forward's checkpoint (a_t and a_t h_{t-1} kept in
+# registers, never h_t - x_t, which cancels), then runs the adjoint serially backwards from the carry the
+# chunk after it left. The recurrences never cross threads; dB_t and dC_t (sums over channels) are a lane
+# reduction per step into per-program partials that torch sums afterwards in a fixed order, as it does the
+# dA, dD and dΔ-bias partials: deterministic, no atomics. Grid: (cdiv(dim, BLOCK_D), batch).
 @triton.jit(do_not_specialize=["length"])
 def _selective_scan_bwd_kernel(
     p_dout, p_u, p_delta, p_A, p_B, p_C, p_D, p_z, p_bias, p_ckpt,
-    p_du, p_ddelta, p_dz, p_dA_part, p_dB_part, p_dC_part, p_dD_part, p_dbias_part,
+    p_du, p_ddelta, p_dz, p_dA_part, p_dB_part, p_dC_part, p_dD_part, p_dbias_part, p_carry,
     stride_do_b, stride_do_d, stride_do_l,
     stride_u_b, stride_u_d, stride_u_l, stride_dt_b, stride_dt_d, stride_dt_l, stride_z_b, stride_z_d, stride_z_l,
     stride_B_b, stride_B_g, stride_B_n, stride_B_l, stride_C_b, stride_C_g, stride_C_n, stride_C_l,
-    stride_A_d, stride_A_n,
+    stride_A_d, stride_A_n, stride_g_b, stride_g_d, stride_g_l,
     dim, dstate, length, dim_per_group,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
@@ -303,78 +330,83 @@ def _selective_scan_bwd_kernel(
     o_n = tl.arange(0, N_PAD)
     o_t = tl.arange(0, CHUNK)
     m_d = o_d < dim
-    m_n = o_n < dstate
-    m_dn = m_d[:, None] & m_n[None, :]
     i_g = (i_d * BLOCK_D) // dim_per_group
-    b_A = tl.load(p_A + o_d[:, None] * stride_A_d + o_n[None, :] * stride_A_n, mask=m_dn, other=0.0).to(ACC)
-    b_A2 = b_A * 1.4426950408889634
+    b_Dv = tl.zeros([BLOCK_D], dtype=ACC)
     if HAS_D:
         b_Dv = tl.load(p_D + o_d, mask=m_d, other=0.0).to(ACC)
-    b_carry = tl.zeros([BLOCK_D, N_PAD], dtype=ACC)   # a_{t+1} g_{t+1} entering the chunk from the right
-    b_dA = tl.zeros([BLOCK_D, N_PAD], dtype=ACC)
+    b_bias = tl.zeros([BLOCK_D], dtype=ACC)
+    if HAS_BIAS:
+        b_bias = tl.load(p_bias + o_d, mask=m_d, other=0.0).to(ACC)
+    o_nd = i_b * dstate * dim + o_d   # carry and dA scratch (batch, N, dim), written before it is read
     b_dD = tl.zeros([BLOCK_D], dtype=ACC)
     b_dbias = tl.zeros([BLOCK_D], dtype=ACC)
     n_chunks = tl.cdiv(length, CHUNK)
-    o_state = i_b * n_chunks * dstate * dim + o_n[None, :] * dim + o_d[:, None]  # (batch, chunk, N, dim)
-    o_part = ((i_b * n_dblocks + i_d) * dstate + o_n)[:, None] * length          # [N_PAD, 1]
+    base_u, base_dt, base_z, base_do = i_b * stride_u_b, i_b * stride_dt_b, i_b * stride_z_b, i_b * stride_do_b
+    base_B, base_C = i_b * stride_B_b + i_g * stride_B_g, i_b * stride_C_b + i_g * stride_C_g
+    base_g = i_b * stride_g_b
+    o_part = (i_b * n_dblocks + i_d) * dstate * length   # dB/dC partials (batch, channel block, N, L)
     for i_k in range(0, n_chunks):
         i_c = n_chunks - 1 - i_k
-        o_l = (i_c * CHUNK + o_t).to(tl.int64)
-        m_l = o_l < length
-        m_dl = m_d[:, None] & m_l[None, :]
-        b_u, b_pre, b_dt, b_B, b_C = _load_chunk(
-            p_u, p_delta, p_bias, p_B, p_C, i_b, i_g, o_d, o_l, m_d, m_l, o_n, m_n,
-            stride_u_b, stride_u_d, stride_u_l, stride_dt_b, stride_dt_d, stride_dt_l,
-            stride_B_b, stride_B_g, stride_B_n, stride_B_l, stride_C_b, stride_C_g, stride_C_n, stride_C_l,
-            HAS_BIAS, SOFTPLUS, ACC)
-        b_h0 = tl.load(p_ckpt + o_state + tl.cast(i_c, tl.int64) * (dstate * dim), mask=m_dn, other=0.0).to(ACC)
-        b_a = tl.exp2(b_dt[:, None, :] * b_A2[:, :, None])                 # [BLOCK_D, N_PAD, CHUNK]
-        b_x = (b_dt * b_u)[:, None, :] * b_B[None, :, :]
-        b_decay, b_hs, b_ah = tl.associative_scan((b_a, b_x, tl.zeros_like(b_x)), axis=2,
-                                                  combine_fn=_affine_combine_with_previous)
-        b_hs = b_hs + b_decay * b_h0[:, :, None]                           # h_t
-        b_ah = b_ah + b_decay * b_h0[:, :, None]                           # a_t h_{t-1}
-        o_bdl = (i_b * dim + o_d)[:, None] * length + o_l[None, :]
-        b_dout = tl.load(p_dout + i_b * stride_do_b + o_d[:, None] * stride_do_d + o_l[None, :] * stride_do_l,
-                         mask=m_dl, other=0.0).to(ACC)
-        b_dy = b_dout
-        if HAS_Z:
-            b_z = tl.load(p_z + i_b * stride_z_b + o_d[:, None] * stride_z_d + o_l[None, :] * stride_z_l,
-                          mask=m_dl, other=0.0).to(ACC)
-            b_y = tl.sum(b_hs * b_C[None, :, :], axis=1)
+        l0 = tl.cast(i_c, tl.int64) * CHUNK
+        # The chunk's inputs one step (column) at a time: coalesced across the channels when a tensor is
+        # contiguous along them, and a channel's steps stay in its thread whatever the layout.
+        # u itself is not kept (Δu is): it is read again, from cache, when the chunk's gradients are written.
+        b_dt = tl.zeros([CHUNK, BLOCK_D], dtype=ACC)
+        b_x = tl.zeros_like(b_dt)
+        b_dy = tl.zeros_like(b_dt)
+        for t in tl.static_range(CHUNK):
+            l = l0 + t
+            m_t = m_d & (o_d * 0 + l < length)
+            u_t = tl.load(p_u + base_u + o_d * stride_u_d + l * stride_u_l, mask=m_t, other=0.0).to(ACC)
+            pre_t = tl.load(p_delta + base_dt + o_d * stride_dt_d + l * stride_dt_l, mask=m_t, other=0.0).to(ACC)
+            dy_t = tl.load(p_dout + base_do + o_d * stride_do_d + l * stride_do_l, mask=m_t, other=0.0).to(ACC)
+            if HAS_Z:
+                z_t = tl.load(p_z + base_z + o_d * stride_z_d + l * stride_z_l, mask=m_t, other=0.0).to(ACC)
+                dy_t = dy_t * z_t / (1.0 + tl.exp(-z_t))
+            dt_t = tl.where(m_t, _step_size(pre_t, b_bias, HAS_BIAS, SOFTPLUS), 0.0)
+            b_dt = _put(b_dt, o_t, t, dt_t)
+            b_x = _put(b_x, o_t, t, dt_t * u_t)
+            b_dy = _put(b_dy, o_t, t, dy_t)
+        b_y = tl.zeros_like(b_dt)    # Σ_n C_t h_t, for dz
+        b_sA = tl.zeros_like(b_dt)   # Σ_n g_t a_t h_{t-1} A log2(e)
+        b_gB = tl.zeros_like(b_dt)   # Σ_n g_t B_t
+        m_later = m_d & (o_d * 0 + i_k > 0)   # a chunk after this one has left a carry (and a dA) in scratch
+        o_state = (i_b * n_chunks + i_c) * dstate * dim + o_d   # checkpoints (batch, chunk, N, dim)
+        for n in range(0, dstate):
+            b_y, b_sA, b_gB = _bwd_state(
+                p_A, p_B + base_B, p_C + base_C, p_ckpt, p_dB_part + o_part, p_dC_part + o_part, p_carry,
+                p_dA_part, b_dt, b_x, b_dy, b_y, b_sA, b_gB,
+                n, i_c * CHUNK, o_d, m_d, m_later, o_t, o_state, o_nd,
+                stride_A_d, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l, dim, length,
+                HAS_Z, CHUNK, ACC)
+        for t in tl.static_range(CHUNK):
+            l = l0 + t
+            m_t = m_d & (o_d * 0 + l < length)
+            o_g = base_g + o_d * stride_g_d + l * stride_g_l
+            u_t = tl.load(p_u + base_u + o_d * stride_u_d + l * stride_u_l, mask=m_t, other=0.0).to(ACC)
+            gB_t = _row(b_gB, o_t, t)
+            du_t = gB_t * _row(b_dt, o_t, t)
             if HAS_D:
-                b_y = b_y + b_Dv[:, None] * b_u
-            b_sig = 1.0 / (1.0 + tl.exp(-b_z))
-            b_dz = b_dout * b_y * b_sig * (1.0 + b_z * (1.0 - b_sig))
-            tl.store(p_dz + o_bdl, b_dz.to(p_dz.dtype.element_ty), mask=m_dl)
-            b_dy = b_dout * b_z * b_sig
-        b_e = b_dy[:, None, :] * b_C[None, :, :]
-        b_e = b_e + tl.where(o_t[None, None, :] == CHUNK - 1, b_carry[:, :, None], 0.0)
-        _, _, b_g = tl.associative_scan((b_a, tl.full(b_a.shape, 1.0, ACC), b_e), axis=2,
-                                        combine_fn=_adjoint_combine, reverse=True)
-        b_carry = tl.sum(tl.where(o_t[None, None, :] == 0, b_a * b_g, 0.0), axis=2)
-        b_gah = b_g * b_ah                                                  # g_t a_t h_{t-1}
-        b_gB = tl.sum(b_g * b_B[None, :, :], axis=1)                        # [BLOCK_D, CHUNK]
-        b_ddt = tl.sum(b_gah * b_A[:, :, None], axis=1) + b_gB * b_u
-        b_dA += tl.sum(b_gah * b_dt[:, None, :], axis=2)
-        b_du = b_gB * b_dt
-        if HAS_D:
-            b_du = b_du + b_dy * b_Dv[:, None]
-            b_dD += tl.sum(b_dy * b_u, axis=1)
-        if SOFTPLUS:
-            b_ddt = b_ddt * tl.where(b_pre > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-b_pre)))
-        b_ddt = tl.where(m_dl, b_ddt, 0.0)
-        if HAS_BIAS:
-            b_dbias += tl.sum(b_ddt, axis=1)
-        tl.store(p_du + o_bdl, b_du.to(p_du.dtype.element_ty), mask=m_dl)
-        tl.store(p_ddelta + o_bdl, b_ddt.to(p_ddelta.dtype.element_ty), mask=m_dl)
-        m_nl = m_n[:, None] & m_l[None, :]
-        b_dB = tl.sum(b_g * (b_dt * b_u)[:, None, :], axis=0)               # [N_PAD, CHUNK]
-        b_dC = tl.sum(b_hs * b_dy[:, None, :], axis=0)
-        tl.store(p_dB_part + o_part + o_l[None, :], b_dB, mask=m_nl)
-        tl.store(p_dC_part + o_part + o_l[None, :], b_dC, mask=m_nl)
+                dy_t = _row(b_dy, o_t, t)
+                du_t = du_t + dy_t * b_Dv
+                b_dD += dy_t * u_t
+            tl.store(p_du + o_g, du_t.to(p_du.dtype.element_ty), mask=m_t)
+            ddt_t = _row(b_sA, o_t, t) * 0.6931471805599453 + gB_t * u_t   # ln 2 undoes the log2(e) in b_sA
+            if SOFTPLUS:
+                pre_t = tl.load(p_delta + base_dt + o_d * stride_dt_d + l * stride_dt_l, mask=m_t, other=0.0)
+                pre_t = pre_t.to(ACC) + b_bias
+                ddt_t = ddt_t * tl.where(pre_t > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-pre_t)))
+            ddt_t = tl.where(m_t, ddt_t, 0.0)
+            b_dbias += ddt_t
+            tl.store(p_ddelta + o_g, ddt_t.to(p_ddelta.dtype.element_ty), mask=m_t)
+            if HAS_Z:
+                z_t = tl.load(p_z + base_z + o_d * stride_z_d + l * stride_z_l, mask=m_t, other=0.0).to(ACC)
+                do_t = tl.load(p_dout + base_do + o_d * stride_do_d + l * stride_do_l, mask=m_t, other=0.0).to(ACC)
+                y_t = _row(b_y, o_t, t) + b_Dv * u_t
+                sig = 1.0 / (1.0 + tl.exp(-z_t))
+                tl.store(p_dz + o_g, (do_t * y_t * sig * (1.0 + z_t * (1.0 - sig))).to(p_dz.dtype.element_ty),
+                         mask=m_t)
     o_bd = i_b * dim + o_d
-    tl.store(p_dA_part + o_bd[:, None] * dstate + o_n[None, :], b_dA, mask=m_dn)
     if HAS_D:
         tl.store(p_dD_part + o_bd, b_dD, mask=m_d)
     if HAS_BIAS:
@@ -408,24 +440,23 @@ def _fwd_block(dim: int, groups: int) -> tuple[int, int]:
     return _inside_group(min(32 * FWD_NUM_WARPS, triton.next_power_of_2(dim)), dim, groups), FWD_NUM_WARPS
 
 
-def _config(dim: int, dstate: int, groups: int) -> tuple[int, int]:
-    """(BLOCK_D, N_PAD) of the backward: the tile holds about TILE_ELEMENTS; a block stays inside one group."""
-    n_pad = max(2, triton.next_power_of_2(dstate))
-    block_d = max(1, min(16, TILE_ELEMENTS // (n_pad * CHUNK), triton.next_power_of_2(dim)))
-    return _inside_group(block_d, dim, groups), n_pad
+def _bwd_block(dim: int, groups: int) -> tuple[int, int]:
+    """(BLOCK_D, num_warps) of the backward: one channel per thread like the forward, so that dB/dC's sums over
+    the block's channels stay inside one warp (no barrier); a block stays inside one B/C group."""
+    return _inside_group(min(32 * BWD_NUM_WARPS, triton.next_power_of_2(dim)), dim, groups), BWD_NUM_WARPS
 
 
 def config_for(shape: tuple, dtype: torch.dtype, arch: str | None = None, groups: int = 1) -> dict:
     """The tiles, warps and grid each kernel launches with for (batch, dim, L, N), keyed by kernel name: the
     same on every arch today."""
     batch, dim, length, dstate = shape
-    block_d, n_pad = _config(dim, dstate, groups)
     fwd_block, fwd_warps = _fwd_block(dim, groups)
-    return {"N_PAD": n_pad, "CHUNK": CHUNK,
-            "_selective_scan_fwd_kernel": {"BLOCK_D": fwd_block, "num_warps": fwd_warps, "maxnreg": FWD_MAXNREG,
+    bwd_block, bwd_warps = _bwd_block(dim, groups)
+    return {"N_PAD": max(2, triton.next_power_of_2(dstate)), "CHUNK": CHUNK,
+            "_selective_scan_fwd_kernel": {"BLOCK_D": fwd_block, "num_warps": fwd_warps, "maxnreg": MAXNREG,
                                            "grid": (triton.cdiv(dim, fwd_block), batch)},
-            "_selective_scan_bwd_kernel": {"BLOCK_D": block_d, "num_warps": NUM_WARPS,
-                                           "grid": (triton.cdiv(dim, block_d), batch)}}
+            "_selective_scan_bwd_kernel": {"BLOCK_D": bwd_block, "num_warps": bwd_warps, "maxnreg": MAXNREG,
+                                           "grid": (triton.cdiv(dim, bwd_block), batch)}}
 
 
 def checkpoint_shape(batch: int, dim: int, length: int, dstate: int, groups: int, save_states: bool = True) -> tuple:
@@ -504,37 +535,43 @@ def forward(*, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
 
 def backward(*, dout, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
              checkpoints) -> ScanGrads:
-    """Every gradient; du/ddelta/dz in their inputs' dtypes on the GPU."""
+    """Every gradient; du/ddelta/dz in their inputs' dtypes on the GPU, contiguous along the channels (the
+    kernel writes them one step at a time, a coalesced store per step)."""
     batch, dim, length, dstate, groups, n_pad, strides, config = _common(u, delta, A, B, C, z)
     launch = config["_selective_scan_bwd_kernel"]
-    block_d, grid = launch["BLOCK_D"], launch["grid"]
     acc_tl, acc_torch = _acc_dtype(u)
     device = u.device
-    n_dblocks = grid[0]
-    du = torch.empty((batch, dim, length), dtype=_io_dtype(u, acc_torch), device=device)
-    ddelta = torch.empty((batch, dim, length), dtype=_io_dtype(delta, acc_torch), device=device)
-    dz = torch.empty((batch, dim, length), dtype=_io_dtype(z, acc_torch), device=device) if z is not None else None
-    dA_part = torch.empty((batch, dim, dstate), dtype=acc_torch, device=device)
+    n_dblocks = launch["grid"][0]
+
+    def channel_major(x):
+        return torch.empty((batch, length, dim), dtype=_io_dtype(x, acc_torch), device=device).transpose(1, 2)
+
+    du, ddelta = channel_major(u), channel_major(delta)
+    dz = channel_major(z) if z is not None else None
+    dA_part = torch.empty((batch, dstate, dim), dtype=acc_torch, device=device)
+    carry = torch.empty((batch, dstate, dim), dtype=acc_torch, device=device)
     dB_part = torch.empty((batch, n_dblocks, dstate, length), dtype=acc_torch, device=device)
     dC_part = torch.empty_like(dB_part)
     dD_part = torch.empty((batch, dim), dtype=acc_torch, device=device) if D is not None else None
     dbias_part = torch.empty((batch, dim), dtype=acc_torch, device=device) if delta_bias is not None else None
-    _selective_scan_bwd_kernel[grid](
+    _selective_scan_bwd_kernel[launch["grid"]](
         p_dout=dout, p_u=u, p_delta=delta, p_A=A, p_B=B, p_C=C,
         p_D=D.contiguous() if D is not None else du, p_z=z if z is not None else u,
         p_bias=delta_bias.contiguous() if delta_bias is not None else du, p_ckpt=checkpoints,
         p_du=du, p_ddelta=ddelta, p_dz=dz if dz is not None else du, p_dA_part=dA_part,
         p_dB_part=dB_part, p_dC_part=dC_part,
         p_dD_part=dD_part if dD_part is not None else dA_part,
-        p_dbias_part=dbias_part if dbias_part is not None else dA_part,
+        p_dbias_part=dbias_part if dbias_part is not None else dA_part, p_carry=carry,
         stride_do_b=dout.stride(0), stride_do_d=dout.stride(1), stride_do_l=dout.stride(2), **strides,
+        stride_g_b=du.stride(0), stride_g_d=du.stride(1), stride_g_l=du.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        BLOCK_D=block_d, N_PAD=n_pad, CHUNK=CHUNK, ACC=acc_tl, num_warps=launch["num_warps"],
+        BLOCK_D=launch["BLOCK_D"], N_PAD=n_pad, CHUNK=CHUNK, ACC=acc_tl,
+        num_warps=launch["num_warps"], maxnreg=launch["maxnreg"],
     )
     dB = _reduce_channel_blocks(dB_part, B, groups)
     dC = _reduce_channel_blocks(dC_part, C, groups)
     return ScanGrads(
-        du=du, ddelta=ddelta, dA=dA_part.sum(0), dB=dB, dC=dC,
+        du=du, ddelta=ddelta, dA=dA_part.sum(0).t(), dB=dB, dC=dC,
         dD=dD_part.sum(0) if dD_part is not None else None,
         dz=dz,
         ddelta_bias=dbias_part.sum(0) if dbias_part is not None else None,
