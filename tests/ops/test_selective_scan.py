@@ -183,7 +183,9 @@ def test_float64_gradcheck(path, monkeypatch):
 @pytest.mark.parametrize("path", PATHS)
 def test_run_twice_identical_bits(path):
     use_path(path)
-    inputs, softplus = make_inputs(2, 6, 40, 16, seed=61, groups=2)
+    # The interpreter runs the Triton backward's state loop in Python (about 0.1 s per state and chunk here);
+    # 4 states test its determinism as well as 16 and keep the suite's time (CUDA runs 16: cuda tests below).
+    inputs, softplus = make_inputs(2, 6, 40, 4 if path == "triton" else 16, seed=61, groups=2)
     dout = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(62))
     first = run(inputs, softplus, dout)
     second = run(inputs, softplus, dout)
@@ -230,10 +232,12 @@ def test_channel_major_layouts_match_the_reference(path, length, groups):
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("regime", ["tiny-delta", "huge-delta", "mixed-delta"])
 def test_long_sequence_extreme_delta(path, regime):
-    """4097 steps with Δ down to ~1e-9 (softplus of -20) or up to 1e2: finite, and still matching."""
+    """4097 steps with Δ down to ~1e-9 (softplus of -20) or up to 1e2: finite, and still matching. Under the
+    interpreter (~100 s per 4097-step run) the Triton path takes 4097 steps in the mixed regime and 1041 (not a
+    multiple of the chunk either) in the two others."""
     use_path(path)
     generator = torch.Generator().manual_seed(81)
-    shape = (1, 1, 4097)
+    shape = (1, 1, 1041 if path == "triton" and regime != "mixed-delta" else 4097)
     raw = {
         "tiny-delta": -20.0 + torch.randn(shape, generator=generator),
         "huge-delta": 60.0 + 40.0 * torch.rand(shape, generator=generator),

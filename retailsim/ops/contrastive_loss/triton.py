@@ -199,7 +199,9 @@ def _contrastive_bwd_candidate_kernel(
         b_allowed, b_is_positive = _allowed_tile(o_m, m_m, b_positive, b_anchor_group, b_candidate_group,
                                                  b_positive_label, b_candidate_label, HAS_LABEL)
 
-        b_p = tl.where(b_allowed, tl.exp2((b_scores - b_row_max[:, None]) * LOG2E) * b_inv_row_sum[:, None], 0.0)
+        # Masked before the exponent: a disallowed candidate may score far above the row's max (exp2 overflows
+        # to inf, and inf * 0 on a padding row is NaN); exp2(-inf) = 0 keeps every lane finite.
+        b_p = tl.exp2(tl.where(b_allowed, b_scores - b_row_max[:, None], float("-inf")) * LOG2E) * b_inv_row_sum[:, None]
         b_d_scores = b_row_weight[:, None] * (b_p - tl.where(b_is_positive, 1.0, 0.0))
         b_a_out = tl.load(p_a_rows + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
         b_grad += _dot(tl.trans(b_d_scores.to(b_a_out.dtype)), b_a_out, PRECISION, UPCAST)

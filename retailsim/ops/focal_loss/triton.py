@@ -87,13 +87,16 @@ def _focal_loss_kernel(
         b_z = tl.load(p_logits + o_col, mask=m_col, other=float("-inf")).to(ACC_DTYPE)
         chunk_max = tl.max(b_z, axis=0)
         new_max = tl.maximum(b_max, chunk_max)
+        # While every logit so far is -inf (masked-out classes), subtract 0 instead: -inf - (-inf) would be a
+        # NaN in lanes that are discarded anyway, and exp(-inf - 0) = 0 is what they need.
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
         is_top = b_z == chunk_max
         n_top = tl.sum(is_top.to(ACC_DTYPE), axis=0)
-        b_e = tl.where(is_top, 0.0, tl.exp(b_z - new_max))
+        b_e = tl.where(is_top, 0.0, tl.exp(b_z - shift))
         # This chunk's own max contributes exp(chunk_max - new_max) per copy; one copy of the overall max is
         # the implicit 1 of lse, so it stays out of rest.
-        top_term = tl.exp(chunk_max - new_max)
-        old_scale = tl.exp(b_max - new_max)
+        top_term = tl.exp(chunk_max - shift)
+        old_scale = tl.exp(b_max - shift)
         # Old state: (1 + rest) * exp(old_max - new_max) when the max moved on, with its implicit 1 joining rest.
         moved = chunk_max > b_max
         chunk_rest = tl.sum(b_e, axis=0) + tl.where(moved, (n_top - 1.0) * top_term, n_top * top_term)
