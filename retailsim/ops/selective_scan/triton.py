@@ -321,13 +321,12 @@ def _selective_scan_bwd_kernel(
     stride_A_d, stride_A_n, stride_g_b, stride_g_d, stride_g_l,
     dim, dstate, length, dim_per_group,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
 ):
     i_d = tl.program_id(0).to(tl.int64)
     i_b = tl.program_id(1).to(tl.int64)
     n_dblocks = tl.num_programs(0).to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    o_n = tl.arange(0, N_PAD)
     o_t = tl.arange(0, CHUNK)
     m_d = o_d < dim
     i_g = (i_d * BLOCK_D) // dim_per_group
@@ -565,7 +564,7 @@ def backward(*, dout, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         stride_do_b=dout.stride(0), stride_do_d=dout.stride(1), stride_do_l=dout.stride(2), **strides,
         stride_g_b=du.stride(0), stride_g_d=du.stride(1), stride_g_l=du.stride(2),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        BLOCK_D=launch["BLOCK_D"], N_PAD=n_pad, CHUNK=CHUNK, ACC=acc_tl,
+        BLOCK_D=launch["BLOCK_D"], CHUNK=CHUNK, ACC=acc_tl,
         num_warps=launch["num_warps"], maxnreg=launch["maxnreg"],
     )
     dB = _reduce_channel_blocks(dB_part, B, groups)
