@@ -248,39 +248,83 @@ def _add_to(tile, o_t, t: tl.constexpr, value):
 
 
 @triton.jit
+def _halve(tile, o_lane, BIT: tl.constexpr):
+    # [R, W] -> [R / 2, W], one step of a reduce-scatter across the lanes: a lane whose BIT is clear keeps the
+    # first half of the rows and adds the partner's (lane ^ BIT) first half to it, a lane whose BIT is set keeps
+    # and adds the second halves. One shuffle per kept row (a warp-local gather).
+    R: tl.constexpr = tile.shape[0]
+    W: tl.constexpr = tile.shape[1]
+    lo, hi = tl.split(tl.permute(tl.reshape(tile, [2, R // 2, W]), [1, 2, 0]))
+    upper = ((o_lane & BIT) != 0)[None, :]
+    partner = (o_lane ^ BIT)[None, :] + tl.zeros([R // 2, W], dtype=tl.int32)
+    return tl.where(upper, hi, lo) + tl.gather(tl.where(upper, lo, hi), partner, 1)
+
+
+@triton.jit
+def _lane_sums(tile, o_lane):
+    """Σ over the lanes of each step of a [16, 32] tile (steps in registers, one lane per column), as a [32]
+    vector whose lane l holds step l // 2: 16 shuffles, where a reduction per step is 16 butterflies of 5."""
+    s = _halve(_halve(_halve(_halve(tile, o_lane, 16), o_lane, 8), o_lane, 4), o_lane, 2)
+    v = tl.reshape(s, [tile.shape[1]])
+    return v + tl.gather(v, o_lane ^ 1, 0)
+
+
+@triton.jit
 def _bwd_state(
     p_A, p_B, p_C, p_ckpt, p_dB, p_dC, p_carry, p_dA, b_dt, b_x, b_dy, b_y, b_sA, b_gB,
     n, l0, o_d, m_d, m_later, o_t, o_state, o_nd,
     stride_A_d, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l, dim, length,
-    HAS_Z: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
+    HAS_Z: tl.constexpr, SCATTER: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
 ):
     """State n of one chunk, each thread one channel: the chunk's states recomputed forward from the checkpoint,
     then the adjoint backward. The sums over n (du, dΔ, y) accumulate in the thread's registers; the sums over
-    the block's channels (dB_t, dC_t) are one reduction across the lanes per step, gathered into one [CHUNK]
-    store each per state and chunk (a store per step, behind a branch, costs more: kernel report)."""
+    the block's channels (dB_t, dC_t) are, with a 32-channel block (SCATTER), one reduce-scatter of the chunk's
+    16 products across the lanes (``_lane_sums``), else one lane reduction per step; one store each per state
+    and chunk (a store per step, behind a branch, costs more: kernel report)."""
     a2 = tl.load(p_A + o_d * stride_A_d + n * stride_A_n, mask=m_d, other=0.0).to(ACC) * 1.4426950408889634
     b_h = tl.load(p_ckpt + o_state + n * dim, mask=m_d, other=0.0).to(ACC)
     b_ah = tl.zeros_like(b_dt)
-    # B_n and C_n over the chunk as [CHUNK, BLOCK_D] tiles (every lane reads the same addresses: one broadcast
-    # load per step), read once for both sweeps. Steps past the end read the last step's (a clamped address,
+    # B_n and C_n over the chunk as [CHUNK, BLOCK_D] tiles, read once for both sweeps: with SCATTER one [32]
+    # load (lane l: B at step l, C at step l - 16) broadcast by shuffles, else one broadcast load per step
+    # (every lane reads the same address). Steps past the end read the last step's (a clamped address,
     # no mask): there Δ = 0 and dy = 0, so the state passes through unchanged and nothing from them is stored.
     # (p_B, p_C, p_dB, p_dC point at this program's batch, group and channel block.)
-    o_bc = tl.minimum(l0 + o_t, length - 1)[:, None] + o_d[None, :] * 0
-    b_B = tl.load(p_B + (n * stride_B_n + o_bc * stride_B_l)).to(ACC)
-    b_C = tl.load(p_C + (n * stride_C_n + o_bc * stride_C_l)).to(ACC)
-    v_dC = tl.zeros([CHUNK], dtype=ACC)
+    if SCATTER:
+        o_lane = tl.arange(0, 2 * CHUNK)
+        o_bc = tl.minimum(l0 + o_lane % CHUNK, length - 1)
+        v_BC = tl.load(tl.where(o_lane < CHUNK, p_B + (n * stride_B_n + o_bc * stride_B_l),
+                                p_C + (n * stride_C_n + o_bc * stride_C_l))).to(ACC)
+        b_B = tl.zeros_like(b_dt)
+        b_C = tl.zeros_like(b_dt)
+        for t in tl.static_range(CHUNK):
+            b_B = _put(b_B, o_t, t, tl.gather(v_BC, o_lane * 0 + t, 0))
+            b_C = _put(b_C, o_t, t, tl.gather(v_BC, o_lane * 0 + (t + CHUNK), 0))
+    else:
+        o_bc = tl.minimum(l0 + o_t, length - 1)[:, None] + o_d[None, :] * 0
+        b_B = tl.load(p_B + (n * stride_B_n + o_bc * stride_B_l)).to(ACC)
+        b_C = tl.load(p_C + (n * stride_C_n + o_bc * stride_C_l)).to(ACC)
+    if SCATTER:
+        b_pC = tl.zeros_like(b_dt)   # h_t dy_t, summed over the lanes after the sweep
+    else:
+        v_dC = tl.zeros([CHUNK], dtype=ACC)
     for t in tl.static_range(CHUNK):
         B_t = _row(b_B, o_t, t)
         ah_t = tl.exp2(_row(b_dt, o_t, t) * a2) * b_h      # a_t h_{t-1}, kept for dΔ and dA
         b_h = ah_t + _row(b_x, o_t, t) * B_t
         b_ah = _put(b_ah, o_t, t, ah_t)
-        v_dC = tl.where(o_t == t, tl.sum(b_h * _row(b_dy, o_t, t), axis=0), v_dC)
+        if SCATTER:
+            b_pC = _put(b_pC, o_t, t, b_h * _row(b_dy, o_t, t))
+        else:
+            v_dC = tl.where(o_t == t, tl.sum(b_h * _row(b_dy, o_t, t), axis=0), v_dC)
         if HAS_Z:
             b_y = _add_to(b_y, o_t, t, b_h * _row(b_C, o_t, t))
     # a_{t+1} g_{t+1} from the chunk after; the last chunk (processed first) starts from zero, and so does dA.
     b_ag = tl.load(p_carry + o_nd + n * dim, mask=m_later, other=0.0)
     b_da = tl.load(p_dA + o_nd + n * dim, mask=m_later, other=0.0)
-    v_dB = tl.zeros([CHUNK], dtype=ACC)
+    if SCATTER:
+        b_pB = tl.zeros_like(b_dt)   # g_t Δ_t u_t
+    else:
+        v_dB = tl.zeros([CHUNK], dtype=ACC)
     for r in tl.static_range(CHUNK - 1, -1, -1):
         B_t = _row(b_B, o_t, r)
         C_t = _row(b_C, o_t, r)
@@ -291,10 +335,20 @@ def _bwd_state(
         b_sA = _add_to(b_sA, o_t, r, gah_t * a2)
         b_gB = _add_to(b_gB, o_t, r, g_t * B_t)
         b_da = b_da + gah_t * dt_r
-        v_dB = tl.where(o_t == r, tl.sum(g_t * _row(b_x, o_t, r), axis=0), v_dB)
-    o_l = l0 + o_t
-    tl.store(p_dC + n * length + o_l, v_dC, mask=o_l < length)
-    tl.store(p_dB + n * length + o_l, v_dB, mask=o_l < length)
+        if SCATTER:
+            b_pB = _put(b_pB, o_t, r, g_t * _row(b_x, o_t, r))
+        else:
+            v_dB = tl.where(o_t == r, tl.sum(g_t * _row(b_x, o_t, r), axis=0), v_dB)
+    if SCATTER:
+        o_lane = tl.arange(0, 2 * CHUNK)
+        o_l = l0 + o_lane // 2
+        m_l = (o_lane % 2 == 0) & (o_l < length)
+        tl.store(p_dC + n * length + o_l, _lane_sums(b_pC, o_lane), mask=m_l)
+        tl.store(p_dB + n * length + o_l, _lane_sums(b_pB, o_lane), mask=m_l)
+    else:
+        o_l = l0 + o_t
+        tl.store(p_dC + n * length + o_l, v_dC, mask=o_l < length)
+        tl.store(p_dB + n * length + o_l, v_dB, mask=o_l < length)
     # The carry and dA live in per-program scratch, each thread reading back only what it wrote.
     tl.store(p_carry + o_nd + n * dim, b_ag, mask=m_d)
     tl.store(p_dA + o_nd + n * dim, b_da, mask=m_d)
@@ -308,8 +362,8 @@ def _bwd_state(
 # Each thread owns one channel, as in the forward. Chunks run last to first; in each, for every state n, the
 # thread recomputes the chunk's 16 states serially from the forward's checkpoint (a_t and a_t h_{t-1} kept in
 # registers, never h_t - x_t, which cancels), then runs the adjoint serially backwards from the carry the
-# chunk after it left. The recurrences never cross threads; dB_t and dC_t (sums over channels) are a lane
-# reduction per step into per-program partials that torch sums afterwards in a fixed order, as it does the
+# chunk after it left. The recurrences never cross threads; dB_t and dC_t (sums over channels) are a
+# reduce-scatter across the lanes per state and chunk into per-program partials that torch sums afterwards in a fixed order, as it does the
 # dA, dD and dΔ-bias partials: deterministic, no atomics. Grid: (cdiv(dim, BLOCK_D), batch).
 @triton.jit(do_not_specialize=["length"])
 def _selective_scan_bwd_kernel(
@@ -377,7 +431,7 @@ def _selective_scan_bwd_kernel(
                 p_dA_part, b_dt, b_x, b_dy, b_y, b_sA, b_gB,
                 n, i_c * CHUNK, o_d, m_d, m_later, o_t, o_state, o_nd,
                 stride_A_d, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l, dim, length,
-                HAS_Z, CHUNK, ACC)
+                HAS_Z, BLOCK_D == 2 * CHUNK, CHUNK, ACC)
         for t in tl.static_range(CHUNK):
             l = l0 + t
             m_t = m_d & (o_d * 0 + l < length)
