@@ -94,9 +94,20 @@ def _check_focal(logits, target, bound=FP32_REL_ERR, seed=0, **kwargs):
 @pytest.mark.parametrize("with_alpha", [False, True], ids=["no_alpha", "alpha"])
 @pytest.mark.parametrize("gamma", GAMMAS, ids=lambda g: f"gamma{g}")
 def test_focal_loss_matches_float64_reference(path, gamma, with_alpha, reduction):
-    # V = 75 is three vocabulary blocks of 32 on the Triton path, the last one 11 wide.
+    # V = 75 is several vocabulary blocks on the Triton path (MAX_BLOCK_V = 32), the last one partly masked.
     logits, target, alpha = _inputs(seed=11, n_rows=9, n_cols=75)
     _check_focal(logits, target, gamma=gamma, alpha=alpha.float() if with_alpha else None, reduction=reduction)
+
+
+def test_focal_loss_backward_reads_an_expanded_grad_output(path):
+    """loss.sum() of reduction "none" hands the backward a stride-0 (N,) grad_output; the backward kernel reads
+    it per row, and a scalar loss's grad_output (a () tensor) scales every row."""
+    logits, target, alpha = _inputs(seed=13, n_rows=9, n_cols=75)
+    for reduction, reduce in (("none", lambda l: 3.0 * l.sum()), ("mean", lambda l: -2.0 * l)):
+        ours, ref = logits.clone().requires_grad_(), logits.to(torch.float64).requires_grad_()
+        reduce(focal_loss(ours, target, alpha=alpha.float(), reduction=reduction)).backward()
+        reduce(focal_loss_reference(ref, target, alpha=alpha, reduction=reduction)).backward()
+        assert_fp32_close(ours.grad, ref.grad, f"grad logits ({reduction})", FP32_REL_ERR)
 
 
 @pytest.mark.parametrize("gamma", (0.5, 2.0), ids=lambda g: f"gamma{g}")
@@ -197,9 +208,10 @@ def test_focal_loss_inplace_backward(path):
     focal_loss(expected, target, alpha=alpha.float()).backward()
     x = logits.clone().requires_grad_()
     loss = focal_loss(x, target, alpha=alpha.float(), inplace_backward=True)
-    assert not torch.equal(x.detach(), logits), "the gradient was not written over the logits"
+    assert torch.equal(x.detach(), logits), "the forward must leave the logits as they are"
     loss.backward()
     assert torch.equal(x.grad, expected.grad)
+    assert torch.equal(x.detach(), expected.grad), "the gradient was not written over the logits"
     # logits that another node saved for its backward: autograd must refuse rather than use overwritten values
     source = logits.clone().requires_grad_()
     with pytest.raises(RuntimeError, match="inplace"):

@@ -1,7 +1,9 @@
 """Softmax focal loss, alone (``focal_loss``) and fused with the output projection (``linear_focal_loss``).
 
 FL_i = -alpha[y_i] (1 - p_{i,y_i})^gamma log p_{i,y_i}, p_i = softmax(logits_i) (Lin et al., 2017, in its
-multi-class softmax form). One pass over the logits computes the loss and the gradient; backward only scales.
+multi-class softmax form). ``focal_loss``: the forward reads the logits once (loss and per-row statistics),
+the backward once more to write the gradient. ``linear_focal_loss``: each row chunk's gradient is computed
+with its loss.
 CUDA tensors run the Triton kernel, other devices the chunked PyTorch path (SPEC 6.1, 6.3).
 """
 from __future__ import annotations
@@ -65,9 +67,10 @@ def focal_loss(
             ``mean`` still divides by the number of rows, not by the sum of their weights.
         ignore_index: target value of rows that contribute 0 loss and 0 gradient.
         reduction: ``"mean"`` (over non-ignored rows; 0 when every row is ignored), ``"sum"`` or ``"none"``.
-        inplace_backward: write the gradient over ``logits`` instead of a new (..., V) buffer (saves that much
-            memory). Their values are undefined afterwards, and a backward that needs them raises autograd's
-            in-place error. Ignored under ``torch.compile``, which never lets an op write its inputs.
+        inplace_backward: the backward writes the gradient over ``logits`` instead of a new (..., V) buffer
+            (saves that much memory). Their values are the gradient's afterwards, and another backward that
+            needs them raises autograd's in-place error. Ignored under ``torch.compile``, which never lets an
+            op write its inputs.
 
     Returns:
         A scalar, or (...) per-row losses for ``"none"``, in logits' dtype. An out-of-range target raises on

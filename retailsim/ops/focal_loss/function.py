@@ -46,32 +46,66 @@ def _count_valid(target: torch.Tensor, ignore_index: int, reduction: str) -> Opt
 
 
 # ---------------------------------------------------------------------------------------------- focal_loss
+# Three passes over the logits and three launches on the GPU per fwd+bwd: the forward reads them once for the
+# per-row loss and (lse, ce), one program reduces the rows (sum or mean, and the count the mean divides by,
+# all on the device), and the backward reads them again to write the gradient, grad_output's scale included.
 def _focal_loss_forward_impl(
     logits: torch.Tensor, target: torch.Tensor, alpha: Optional[torch.Tensor], gamma: float, ignore_index: int,
-    reduction: str, compute_grad: bool, backend: str, grad_out: Optional[torch.Tensor] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (N, V), target (N,) -> (loss: () or (N,) in logits' dtype, gradient (N, V) or empty).
-    ``grad_out`` (eager only, never through the custom op): where the gradient goes, ``logits`` for in place."""
-    n_valid = _count_valid(target, ignore_index, reduction)
-    per_row, grad = launcher_module(backend).forward(
+    reduction: str, compute_grad: bool, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits (N, V), target (N,) -> (loss: () or (N,) in logits' dtype, per-row (lse, ce) (N, 2) when
+    ``compute_grad`` (else empty), the () count of rows that count for the mean (else empty))."""
+    launcher = launcher_module(backend)
+    rows = launcher.forward(
         logits=logits, target=target, alpha=alpha, gamma=gamma, ignore_index=ignore_index, reduction=reduction,
-        compute_grad=compute_grad, grad_out=grad_out, n_valid=n_valid)
-    loss = _reduce(per_row, n_valid, reduction, logits.dtype)
-    return loss, grad if compute_grad else logits.new_empty(0)
+        compute_grad=False, save_stats=compute_grad, loss_dtype=logits.dtype if reduction == "none" else None)
+    stats = rows.stats if compute_grad else logits.new_empty(0)
+    if reduction == "none":
+        return rows.loss, stats, target.new_empty(0)
+    loss, n_valid = launcher.reduce(loss_rows=rows.loss, target=target, ignore_index=ignore_index,
+                                    reduction=reduction, out_dtype=logits.dtype)
+    return loss, stats, n_valid if reduction == "mean" else target.new_empty(0)
 
 
 @torch.library.custom_op("retailsim::focal_loss_forward", mutates_args=())
 def focal_loss_forward(
     logits: torch.Tensor, target: torch.Tensor, alpha: Optional[torch.Tensor], gamma: float, ignore_index: int,
     reduction: str, compute_grad: bool, backend: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _focal_loss_forward_impl(logits, target, alpha, gamma, ignore_index, reduction, compute_grad, backend)
 
 
 @focal_loss_forward.register_fake
 def _(logits, target, alpha, gamma, ignore_index, reduction, compute_grad, backend):
     loss = logits.new_empty(logits.shape[:1] if reduction == "none" else ())
-    return loss, torch.empty_like(logits) if compute_grad else logits.new_empty(0)
+    work = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    stats = logits.new_empty((logits.shape[0], 2), dtype=work) if compute_grad else logits.new_empty(0)
+    return loss, stats, target.new_empty((), dtype=torch.int64) if reduction == "mean" else target.new_empty(0)
+
+
+def _focal_loss_backward_impl(
+    logits: torch.Tensor, target: torch.Tensor, alpha: Optional[torch.Tensor], stats: torch.Tensor,
+    n_valid: torch.Tensor, grad_loss: torch.Tensor, gamma: float, ignore_index: int, reduction: str, backend: str,
+    grad_out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The gradient (N, V) in logits' dtype; ``grad_out`` (eager only): where it goes, ``logits`` for in place."""
+    return launcher_module(backend).backward(
+        logits=logits, target=target, alpha=alpha, gamma=gamma, ignore_index=ignore_index, reduction=reduction,
+        stats=stats, grad_loss=grad_loss, n_valid=n_valid if reduction == "mean" else None, grad_out=grad_out)
+
+
+@torch.library.custom_op("retailsim::focal_loss_backward", mutates_args=())
+def focal_loss_backward(
+    logits: torch.Tensor, target: torch.Tensor, alpha: Optional[torch.Tensor], stats: torch.Tensor,
+    n_valid: torch.Tensor, grad_loss: torch.Tensor, gamma: float, ignore_index: int, reduction: str, backend: str,
+) -> torch.Tensor:
+    return _focal_loss_backward_impl(logits, target, alpha, stats, n_valid, grad_loss, gamma, ignore_index,
+                                     reduction, backend)
+
+
+@focal_loss_backward.register_fake
+def _(logits, target, alpha, stats, n_valid, grad_loss, gamma, ignore_index, reduction, backend):
+    return torch.empty_like(logits)
 
 
 class FocalLossFunction(torch.autograd.Function):
@@ -79,23 +113,28 @@ class FocalLossFunction(torch.autograd.Function):
     def forward(ctx, logits, target, alpha, gamma, ignore_index, reduction, backend, inplace_backward=False):
         compute_grad = ctx.needs_input_grad[0]
         args = (logits, target, alpha, gamma, ignore_index, reduction, compute_grad, backend)
-        if torch.compiler.is_compiling():  # a custom op may not write its inputs: compiled calls never do
-            loss, grad = focal_loss_forward(*args)
-        elif inplace_backward and compute_grad:
-            loss, grad = _focal_loss_forward_impl(*args, grad_out=logits)
-            # Autograd then refuses a backward that needs the overwritten logits instead of using them.
-            torch.autograd.graph.increment_version(logits)
-        else:  # eager calls skip the dispatcher round trip of the custom op (host time is most of a small call)
-            loss, grad = _focal_loss_forward_impl(*args)
-        ctx.reduction = reduction
-        ctx.save_for_backward(grad)
+        compiling = torch.compiler.is_compiling()
+        # Eager calls skip the dispatcher round trip of the custom op (host time is most of a small call).
+        loss, stats, n_valid = focal_loss_forward(*args) if compiling else _focal_loss_forward_impl(*args)
+        ctx.focal_args = (gamma, ignore_index, reduction, backend)
+        ctx.inplace = inplace_backward and not compiling  # a custom op may not write its inputs
+        ctx.save_for_backward(logits, target, alpha, stats, n_valid)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        (grad,) = ctx.saved_tensors
-        scale = grad_loss[:, None] if ctx.reduction == "none" else grad_loss
-        return grad * scale.to(grad.dtype), None, None, None, None, None, None, None
+        logits, target, alpha, stats, n_valid = ctx.saved_tensors
+        gamma, ignore_index, reduction, backend = ctx.focal_args
+        args = (logits, target, alpha, stats, n_valid, grad_loss, gamma, ignore_index, reduction, backend)
+        if torch.compiler.is_compiling():
+            grad = focal_loss_backward(*args)
+        elif ctx.inplace:
+            grad = _focal_loss_backward_impl(*args, grad_out=logits)
+            # Another node that saved the logits now refuses to run on the overwritten values.
+            torch.autograd.graph.increment_version(logits)
+        else:
+            grad = _focal_loss_backward_impl(*args)
+        return grad, None, None, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------- linear_focal_loss
@@ -160,9 +199,9 @@ def _linear_chunks(
             logits = hidden_chunk @ weight.T  # (R, V_pad)
         else:
             logits = torch.addmm(bias, hidden_chunk, weight.T)
-        chunk_loss, _ = launcher.forward(
+        chunk_loss = launcher.forward(
             logits=logits[:, :n_cols], target=target[rows], alpha=alpha, gamma=gamma, ignore_index=ignore_index,
-            reduction=kernel_reduction, compute_grad=compute_grad, grad_out=logits[:, :n_cols], n_valid=n_valid)
+            reduction=kernel_reduction, compute_grad=compute_grad, grad_out=logits[:, :n_cols], n_valid=n_valid).loss
         dlogits = logits  # (R, V_pad), the gradient now
         if pad and compute_grad:
             dlogits[:, n_cols:].zero_()

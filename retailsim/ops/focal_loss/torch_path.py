@@ -31,17 +31,21 @@ def forward(
     compute_grad: bool,
     grad_out: torch.Tensor | None = None,
     n_valid: torch.Tensor | None = None,
+    save_stats: bool = False,
+    loss_dtype: torch.dtype | None = None,
     chunk_elements: int | None = None,
 ) -> FocalRows:
     """The contract of ``contract.py`` (as the Triton launcher): per-row loss (N,) in the
-    compute dtype and, when ``compute_grad``, the reduction-scaled gradient (N, V) in logits' dtype, written
-    into ``grad_out`` (which may be ``logits``) or a new buffer."""
+    compute dtype (or ``loss_dtype``), the per-row (lse, ce) when ``save_stats`` and, when ``compute_grad``,
+    the reduction-scaled gradient (N, V) in logits' dtype, written into ``grad_out`` (which may be
+    ``logits``) or a new buffer."""
     n_rows, n_cols = logits.shape
     dtype = compute_dtype(logits.dtype)
-    loss = torch.empty(n_rows, dtype=dtype, device=logits.device)
+    loss = torch.empty(n_rows, dtype=loss_dtype or dtype, device=logits.device)
+    stats = torch.empty((n_rows, 2), dtype=dtype, device=logits.device) if save_stats else None
     if compute_grad and grad_out is None:
         grad_out = torch.empty_like(logits)
-    if reduction == "mean":
+    if compute_grad and reduction == "mean":
         if n_valid is None:
             n_valid = (target != ignore_index).sum()
         inv_count = 1.0 / n_valid.clamp(min=1).to(dtype)
@@ -67,14 +71,62 @@ def forward(
         keep = (~ignored)[:, None]
         row_loss = torch.where(invalid, nan, weight * q_pow * ce * keep)
         loss[rows] = row_loss.squeeze(1)
+        if save_stats:
+            stats[rows, 0] = (row_max + log_sum).squeeze(1)
+            stats[rows, 1] = ce.squeeze(1)
         if not compute_grad:
             continue
-        # dFL/dz_j = alpha q^g [1 + g p_y ce/q] (p_j - d_jy), derived in triton.py's kernel header.
-        ce_over_q = torch.where(q > 0, ce / q.clamp(min=torch.finfo(dtype).tiny), torch.ones_like(q))
-        coef = weight * q_pow * (1.0 + gamma * torch.exp(-ce) * ce_over_q) * keep
+        coef = _coefficient(ce, q, q_pow, weight, gamma) * keep
         if reduction == "mean":
             coef = coef * inv_count
         coef = torch.where(invalid, nan, coef)
         probs = torch.sub(z, row_max + log_sum, out=exps).exp_().scatter_(1, y_safe, -q)  # p_j; p_y - 1 = -q
         grad_out[rows] = probs.mul_(coef)  # the copy casts to grad_out's dtype
-    return FocalRows(loss, grad_out)
+    return FocalRows(loss, grad_out, stats)
+
+
+def _coefficient(ce, q, q_pow, weight, gamma):
+    # dFL/dz_j = alpha q^g [1 + g p_y ce/q] (p_j - d_jy), derived in triton.py's kernel header.
+    ce_over_q = torch.where(q > 0, ce / q.clamp(min=torch.finfo(ce.dtype).tiny), torch.ones_like(q))
+    return weight * q_pow * (1.0 + gamma * torch.exp(-ce) * ce_over_q)
+
+
+def reduce(*, loss_rows: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str,
+           out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum or mean of the per-row losses in ``out_dtype``, the int64 count of rows that count)."""
+    n_valid = (target != ignore_index).sum()
+    total = loss_rows.sum()
+    if reduction == "mean":
+        total = total / n_valid.clamp(min=1)
+    return total.to(out_dtype), n_valid
+
+
+def backward(*, logits: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor | None, gamma: float,
+             ignore_index: int, reduction: str, stats: torch.Tensor, grad_loss: torch.Tensor,
+             n_valid: torch.Tensor | None, grad_out: torch.Tensor | None = None,
+             chunk_elements: int | None = None) -> torch.Tensor:
+    """The contract of ``contract.py``: the gradient from the forward's (lse, ce), times grad_loss (and
+    1 / n_valid for the mean), chunked over rows like ``forward``."""
+    n_rows, n_cols = logits.shape
+    dtype = compute_dtype(logits.dtype)
+    grad_out = torch.empty_like(logits) if grad_out is None else grad_out
+    scale = grad_loss.to(dtype)
+    if reduction == "mean":
+        scale = scale / n_valid.clamp(min=1).to(dtype)
+    alpha_c = None if alpha is None else alpha.to(dtype)
+    step = max(1, (chunk_elements or CHUNK_ELEMENTS) // max(n_cols, 1))
+    for start in range(0, n_rows, step):
+        rows = slice(start, min(start + step, n_rows))
+        y = target[rows].long()
+        ignored = y == ignore_index
+        in_range = (y >= 0) & (y < n_cols)
+        y_safe = torch.where(in_range, y, torch.zeros_like(y))[:, None]
+        lse, ce = stats[rows, 0:1], stats[rows, 1:2]
+        q = -torch.expm1(-ce)
+        weight = torch.ones_like(ce) if alpha_c is None else alpha_c[y_safe]
+        coef = _coefficient(ce, q, q**gamma, weight, gamma) * (scale[rows, None] if scale.dim() else scale)
+        coef = torch.where(ignored[:, None], torch.zeros_like(coef), coef)
+        coef = torch.where((~in_range & ~ignored)[:, None], torch.full_like(coef, float("nan")), coef)
+        probs = torch.sub(logits[rows].to(dtype), lse).exp_().scatter_(1, y_safe, -q)
+        grad_out[rows] = probs.mul_(coef)
+    return grad_out

@@ -35,6 +35,21 @@ def _log1p(x):
     return tl.where(x < 0.25, series, tl.log(1.0 + x))
 
 
+@triton.jit
+def _merge_max_rest(max_a, rest_a, max_b, rest_b):
+    # Two partial log-sum-exps (m, rest), each sum(exp(z - m)) over its logits without one copy of its max m
+    # (that copy is the implicit 1 of lse = m + log1p(rest)), merged into one: the smaller side's implicit 1
+    # joins the rest, scaled by exp(m_small - m_big). A side with no finite logit yet (m = -inf, rest = 0)
+    # adds nothing: the exponent is guarded, so no lane ever computes -inf - -inf. Associative and
+    # commutative, so it is also the combine of the row's one block reduction.
+    big = tl.maximum(max_a, max_b)
+    small = tl.minimum(max_a, max_b)
+    scale = tl.exp(small - tl.where(big == float("-inf"), 0.0, big))
+    small_rest = tl.where(max_a >= max_b, rest_b, rest_a)
+    big_rest = tl.where(max_a >= max_b, rest_a, rest_b)
+    return big, big_rest + (small_rest + 1.0) * scale
+
+
 # n_cols (the vocabulary) stays specialised on purpose: it is fixed for a model, and when it divides by 16 the
 # masks fold away (kernel report, sm_90, V = 131072: 209 hot-loop instructions specialised, 230 not). The row
 # count is the grid, never an argument, so a new batch size never recompiles.
@@ -44,11 +59,12 @@ def _focal_loss_kernel(
     grad_ptr, stride_grad,  # (N, V) output gradient; may be logits_ptr itself (in place)
     target_ptr,  # (N,) int
     alpha_ptr,  # (V,) float, read only when HAS_ALPHA
-    loss_ptr,  # (N,) fp32 per-row loss (ignored rows 0)
-    n_valid_ptr,  # () int64 number of non-ignored rows, read only when REDUCTION == 2 (mean)
+    loss_ptr,  # (N,) per-row loss (ignored rows 0), fp32 or the output dtype
+    stats_ptr,  # (N, 2) fp32 (lse, ce) per row, written only when SAVE_STATS
+    n_valid_ptr,  # () int64 number of non-ignored rows, read only when COMPUTE_GRAD and REDUCTION == 2 (mean)
     n_cols, gamma, ignore_index,
-    HAS_ALPHA: tl.constexpr, REDUCTION: tl.constexpr, COMPUTE_GRAD: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_V: tl.constexpr,
+    HAS_ALPHA: tl.constexpr, REDUCTION: tl.constexpr, COMPUTE_GRAD: tl.constexpr, SAVE_STATS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     # Softmax focal loss of one row z (length V, target y), fp32 math (ACC_DTYPE: fp64 for fp64 input, so that
     # a float64 gradcheck can judge the formulas) whatever the input dtype.
@@ -77,72 +93,127 @@ def _focal_loss_kernel(
     z_y = tl.load(p_logits + y_safe).to(ACC_DTYPE)
     o_v = tl.arange(0, BLOCK_V)
 
-    # Pass 1: online max and the sum of exp(z - m) without one copy of the max.
-    # Scalars of ACC_DTYPE from reductions: a loop-carried Python float would be fp32 and clash with fp64.
-    b_max = tl.max(tl.full([BLOCK_V], float("-inf"), ACC_DTYPE), axis=0)
-    b_rest = tl.sum(tl.zeros([BLOCK_V], ACC_DTYPE), axis=0)
+    # Pass 1: per lane, an online max and the sum of exp(z - max) without the lane's own copy of its max; one
+    # block reduction (_merge_max_rest) per row combines the lanes.
+    l_max = tl.full([BLOCK_V], float("-inf"), ACC_DTYPE)
+    l_rest = tl.zeros([BLOCK_V], ACC_DTYPE)
     for v_start in range(0, n_cols, BLOCK_V):
         o_col = v_start + o_v
-        m_col = o_col < n_cols
-        b_z = tl.load(p_logits + o_col, mask=m_col, other=float("-inf")).to(ACC_DTYPE)
-        chunk_max = tl.max(b_z, axis=0)
-        new_max = tl.maximum(b_max, chunk_max)
-        # While every logit so far is -inf (masked-out classes), subtract 0 instead: -inf - (-inf) would be a
-        # NaN in lanes that are discarded anyway, and exp(-inf - 0) = 0 is what they need.
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        is_top = b_z == chunk_max
-        n_top = tl.sum(is_top.to(ACC_DTYPE), axis=0)
-        b_e = tl.where(is_top, 0.0, tl.exp(b_z - shift))
-        # This chunk's own max contributes exp(chunk_max - new_max) per copy; one copy of the overall max is
-        # the implicit 1 of lse, so it stays out of rest.
-        top_term = tl.exp(chunk_max - shift)
-        old_scale = tl.exp(b_max - shift)
-        # Old state: (1 + rest) * exp(old_max - new_max) when the max moved on, with its implicit 1 joining rest.
-        moved = chunk_max > b_max
-        chunk_rest = tl.sum(b_e, axis=0) + tl.where(moved, (n_top - 1.0) * top_term, n_top * top_term)
-        # A chunk of -inf logits (masked-out classes) adds nothing, and must not add exp(-inf + inf) = NaN.
-        chunk_rest = tl.where(chunk_max == float("-inf"), 0.0, chunk_rest)
-        old_rest = tl.where(moved, tl.where(b_max == float("-inf"), 0.0, (1.0 + b_rest) * old_scale), b_rest)
-        b_rest = old_rest + chunk_rest
-        b_max = new_max
+        b_z = tl.load(p_logits + o_col, mask=o_col < n_cols, other=float("-inf")).to(ACC_DTYPE)
+        l_max, l_rest = _merge_max_rest(l_max, l_rest, b_z, tl.zeros_like(l_rest))
+    b_max, b_rest = tl.reduce((l_max, l_rest), 0, _merge_max_rest)
 
     ce = tl.maximum((b_max - z_y) + _log1p(b_rest), 0.0)
     lse = b_max + _log1p(b_rest)
-    q = _expm1_neg(ce)
-    # q^gamma with 0^0 = 1 (gamma = 0 is cross-entropy) and 0^gamma = 0 for gamma > 0.
-    q_pow = tl.where(q > 0.0, tl.exp(gamma * tl.log(tl.maximum(q, 1e-38))), tl.where(gamma == 0.0, 1.0, 0.0))
-    p_y = tl.exp(-ce)
-    ce_over_q = tl.where(q > 0.0, ce / tl.maximum(q, 1e-38), 1.0)
     if HAS_ALPHA:
         alpha_y = tl.load(alpha_ptr + y_safe).to(ACC_DTYPE)
     else:
         alpha_y = 1.0
-    loss = alpha_y * q_pow * ce
-    nan = float("nan")
-    loss = tl.where(is_ignored, 0.0, tl.where(in_range, loss, nan))
-    tl.store(loss_ptr + i_row, loss)
-
+    loss, coef, q = _focal_terms(ce, gamma, alpha_y)
+    loss = tl.where(is_ignored, 0.0, tl.where(in_range, loss, float("nan")))
+    tl.store(loss_ptr + i_row, loss.to(loss_ptr.dtype.element_ty))
+    if SAVE_STATS:  # what the backward kernel needs of this row: lse for p_j, ce (not lse - z_y: it cancels)
+        tl.store(stats_ptr + 2 * i_row, lse)
+        tl.store(stats_ptr + 2 * i_row + 1, ce)
     if COMPUTE_GRAD:
-        coef = alpha_y * q_pow * (1.0 + gamma * p_y * ce_over_q)
         if REDUCTION == 2:
             n_valid = tl.load(n_valid_ptr).to(ACC_DTYPE)
             coef = coef / tl.maximum(n_valid, 1.0)
-        coef = tl.where(is_ignored, 0.0, tl.where(in_range, coef, nan))
-        # Pass 2: gradient chunk by chunk (each chunk is read before it is overwritten when in place).
-        for v_start in range(0, n_cols, BLOCK_V):
-            o_col = v_start + o_v
-            m_col = o_col < n_cols
-            b_z = tl.load(p_logits + o_col, mask=m_col, other=0.0).to(ACC_DTYPE)
-            b_p = tl.exp(b_z - lse)
-            b_grad = coef * tl.where(o_col == y, -q, b_p)
-            tl.store(p_grad + o_col, b_grad.to(grad_ptr.dtype.element_ty), mask=m_col)
+        coef = tl.where(is_ignored, 0.0, tl.where(in_range, coef, float("nan")))
+        _write_grad(p_logits, p_grad, lse, coef, q, y, n_cols, o_v, ACC_DTYPE, BLOCK_V)
+
+
+@triton.jit
+def _focal_terms(ce, gamma, alpha_y):
+    """(loss, gradient coefficient, q = 1 - p_y) of one row from its cross-entropy ce (kernel header)."""
+    q = _expm1_neg(ce)
+    # q^gamma with 0^0 = 1 (gamma = 0 is cross-entropy) and 0^gamma = 0 for gamma > 0.
+    q_pow = tl.where(q > 0.0, tl.exp(gamma * tl.log(tl.maximum(q, 1e-38))), tl.where(gamma == 0.0, 1.0, 0.0))
+    ce_over_q = tl.where(q > 0.0, ce / tl.maximum(q, 1e-38), 1.0)
+    return alpha_y * q_pow * ce, alpha_y * q_pow * (1.0 + gamma * tl.exp(-ce) * ce_over_q), q
+
+
+@triton.jit
+def _write_grad(p_logits, p_grad, lse, coef, q, y, n_cols, o_v, ACC_DTYPE: tl.constexpr, BLOCK_V: tl.constexpr):
+    # coef (p_j - d_jy) chunk by chunk, p_j = exp(z_j - lse) and p_y - 1 = -q (each chunk is read before it is
+    # overwritten when the gradient goes over the logits).
+    for v_start in range(0, n_cols, BLOCK_V):
+        o_col = v_start + o_v
+        m_col = o_col < n_cols
+        b_z = tl.load(p_logits + o_col, mask=m_col, other=0.0).to(ACC_DTYPE)
+        b_grad = coef * tl.where(o_col == y, -q, tl.exp(b_z - lse))
+        tl.store(p_grad + o_col, b_grad.to(p_grad.dtype.element_ty), mask=m_col)
+
+
+# The backward of focal_loss: the gradient of each row from the forward's (lse, ce), scaled by grad_loss (a
+# scalar, stride 0, or one value per row) and, for the mean, 1 / n_valid (both read on the device). One pass:
+# read the logits, write the gradient. Grid (N,).
+@triton.jit(do_not_specialize=["ignore_index"])
+def _focal_loss_bwd_kernel(
+    logits_ptr, stride_logits, grad_ptr, stride_grad, target_ptr, alpha_ptr, stats_ptr,
+    grad_loss_ptr, stride_grad_loss, n_valid_ptr, n_cols, gamma, ignore_index,
+    HAS_ALPHA: tl.constexpr, REDUCTION: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    i_row = tl.program_id(0).to(tl.int64)
+    y = tl.load(target_ptr + i_row).to(tl.int64)
+    is_ignored = y == ignore_index
+    in_range = (y >= 0) & (y < n_cols)
+    y_safe = tl.where(in_range, y, 0)
+    if HAS_ALPHA:
+        alpha_y = tl.load(alpha_ptr + y_safe).to(ACC_DTYPE)
+    else:
+        alpha_y = 1.0
+    lse = tl.load(stats_ptr + 2 * i_row).to(ACC_DTYPE)
+    ce = tl.load(stats_ptr + 2 * i_row + 1).to(ACC_DTYPE)
+    _, coef, q = _focal_terms(ce, gamma, alpha_y)
+    coef = coef * tl.load(grad_loss_ptr + i_row * stride_grad_loss).to(ACC_DTYPE)
+    if REDUCTION == 2:
+        coef = coef / tl.maximum(tl.load(n_valid_ptr).to(ACC_DTYPE), 1.0)
+    coef = tl.where(is_ignored, 0.0, tl.where(in_range, coef, float("nan")))
+    _write_grad(logits_ptr + i_row * stride_logits, grad_ptr + i_row * stride_grad, lse, coef, q, y, n_cols,
+                tl.arange(0, BLOCK_V), ACC_DTYPE, BLOCK_V)
+
+
+# The reduction of focal_loss in one program: the per-row losses summed and the rows that count (target not
+# ignore_index) counted in a fixed order (deterministic); writes the loss in its output dtype, the sum or
+# the mean (0 when every row is ignored), and the count the backward's mean divides by.
+@triton.jit(do_not_specialize=["n_rows", "ignore_index"])
+def _focal_reduce_kernel(loss_rows_ptr, target_ptr, out_ptr, n_valid_ptr, n_rows, ignore_index,
+                         MEAN: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_R: tl.constexpr):
+    o_r = tl.arange(0, BLOCK_R)
+    b_total = tl.zeros([BLOCK_R], ACC_DTYPE)
+    b_count = tl.zeros([BLOCK_R], tl.int64)
+    for start in range(0, n_rows, BLOCK_R):
+        o_row = start + o_r
+        m_row = o_row < n_rows
+        b_total += tl.load(loss_rows_ptr + o_row, mask=m_row, other=0.0).to(ACC_DTYPE)
+        y = tl.load(target_ptr + o_row, mask=m_row, other=ignore_index).to(tl.int64)
+        b_count += tl.where(m_row & (y != ignore_index), 1, 0).to(tl.int64)
+    total = tl.sum(b_total, axis=0)
+    count = tl.sum(b_count, axis=0)
+    tl.store(n_valid_ptr, count)
+    if MEAN:
+        total = total / tl.maximum(count.to(ACC_DTYPE), 1.0)
+    tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
+
+
+REDUCE_BLOCK = 1024  # rows the reduction program sums per step
 
 
 def config_for(shape: tuple, dtype: torch.dtype, arch: str | None = None) -> dict:
-    """BLOCK_V (the V chunk one program loads at a time) and num_warps for (N, V) logits, on every arch."""
-    block_v = min(MAX_BLOCK_V, triton.next_power_of_2(shape[1]))
+    """BLOCK_V (the V chunk one program loads at a time), num_warps and grid of the forward and backward
+    kernels for (N, V) logits, on every arch; the reduction's own under its kernel's name."""
+    # The widest chunk that pads the row least: V = 5003 takes 1024 (5 chunks, 2% masked), not 4096 (39%).
+    vocab = max(1, shape[1])
+    widths = [w for w in (MAX_BLOCK_V, MAX_BLOCK_V // 2, MAX_BLOCK_V // 4) if w <= triton.next_power_of_2(vocab)]
+    block_v = min(widths, key=lambda w: (triton.cdiv(vocab, w) * w, -w)) if widths else triton.next_power_of_2(vocab)
     return {"BLOCK_V": block_v, "num_warps": 4 if block_v <= 1024 else (8 if block_v <= 2048 else 16),
-            "grid": (shape[0],)}
+            "grid": (shape[0],),
+            "_focal_reduce_kernel": {"BLOCK_R": REDUCE_BLOCK, "num_warps": 4, "grid": (1,)}}
+
+
+def _acc(logits: torch.Tensor):
+    return (torch.float64, tl.float64) if logits.dtype == torch.float64 else (torch.float32, tl.float32)
 
 
 def forward(
@@ -156,32 +227,74 @@ def forward(
     compute_grad: bool,
     grad_out: torch.Tensor | None = None,
     n_valid: torch.Tensor | None = None,
+    save_stats: bool = False,
+    loss_dtype: torch.dtype | None = None,
 ) -> FocalRows:
-    """Per-row loss (N,) fp32 and, when ``compute_grad``, the gradient (N, V) in logits' dtype, scaled for
-    ``reduction`` (mean: by 1/n_valid, ``n_valid`` a device scalar counted here when not given).
+    """Per-row loss (N,) (in ``loss_dtype``, default the compute dtype), the per-row (lse, ce) when
+    ``save_stats``, and, when ``compute_grad``, the gradient (N, V) in logits' dtype, scaled for ``reduction``
+    (mean: by 1/n_valid, ``n_valid`` a device scalar counted here when not given).
 
     logits (N, V) with unit stride along V; target (N,) int; alpha (V,) or None. ``grad_out`` may be
     ``logits`` itself (in place) or any (N, V) buffer; default a new one.
     """
     n_rows, n_cols = logits.shape
     assert logits.stride(1) == 1 and target.shape == (n_rows,)
-    acc_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    loss = torch.empty(n_rows, dtype=acc_dtype, device=logits.device)
+    acc_dtype, acc_tl = _acc(logits)
+    loss = torch.empty(n_rows, dtype=loss_dtype or acc_dtype, device=logits.device)
+    stats = torch.empty((n_rows, 2), dtype=acc_dtype, device=logits.device) if save_stats else None
     if compute_grad and grad_out is None:
         grad_out = torch.empty_like(logits)
-    if reduction == "mean" and n_valid is None:
+    if compute_grad and reduction == "mean" and n_valid is None:
         n_valid = (target != ignore_index).sum()
     if n_rows == 0:
-        return FocalRows(loss, grad_out)
+        return FocalRows(loss, grad_out, stats)
     config = config_for((n_rows, n_cols), logits.dtype)
     block_v, num_warps = config["BLOCK_V"], config["num_warps"]
     _focal_loss_kernel[config["grid"]](
         logits_ptr=logits, stride_logits=logits.stride(0),
         grad_ptr=grad_out if compute_grad else logits, stride_grad=grad_out.stride(0) if compute_grad else 0,
         target_ptr=target, alpha_ptr=alpha if alpha is not None else loss,
-        loss_ptr=loss, n_valid_ptr=n_valid if n_valid is not None else target,
+        loss_ptr=loss, stats_ptr=stats if stats is not None else loss,
+        n_valid_ptr=n_valid if n_valid is not None else target,
         n_cols=n_cols, gamma=float(gamma), ignore_index=int(ignore_index),
         HAS_ALPHA=alpha is not None, REDUCTION=REDUCTION_CODES[reduction], COMPUTE_GRAD=compute_grad,
-        ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32, BLOCK_V=block_v, num_warps=num_warps,
+        SAVE_STATS=save_stats, ACC_DTYPE=acc_tl, BLOCK_V=block_v, num_warps=num_warps,
     )
-    return FocalRows(loss, grad_out)
+    return FocalRows(loss, grad_out, stats)
+
+
+def reduce(*, loss_rows: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str,
+           out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the sum or mean of the per-row losses as a () tensor of ``out_dtype``, the () int64 count of rows
+    that count), in one launch."""
+    out = torch.empty((), dtype=out_dtype, device=loss_rows.device)
+    n_valid = torch.empty((), dtype=torch.int64, device=loss_rows.device)
+    launch = config_for((loss_rows.shape[0], 1), loss_rows.dtype)["_focal_reduce_kernel"]
+    _focal_reduce_kernel[launch["grid"]](
+        loss_rows_ptr=loss_rows, target_ptr=target, out_ptr=out, n_valid_ptr=n_valid,
+        n_rows=loss_rows.shape[0], ignore_index=int(ignore_index), MEAN=reduction == "mean",
+        ACC_DTYPE=_acc(loss_rows)[1], BLOCK_R=launch["BLOCK_R"], num_warps=launch["num_warps"])
+    return out, n_valid
+
+
+def backward(*, logits: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor | None, gamma: float,
+             ignore_index: int, reduction: str, stats: torch.Tensor, grad_loss: torch.Tensor,
+             n_valid: torch.Tensor | None, grad_out: torch.Tensor | None = None) -> torch.Tensor:
+    """The gradient (N, V) in logits' dtype from the forward's ``stats``, times ``grad_loss`` (a () tensor, or
+    (N,) for reduction "none") and, for the mean, 1 / n_valid; into ``grad_out`` (may be ``logits``) or a new
+    buffer. One launch."""
+    n_rows, n_cols = logits.shape
+    grad_out = torch.empty_like(logits) if grad_out is None else grad_out
+    if n_rows == 0:
+        return grad_out
+    config = config_for((n_rows, n_cols), logits.dtype)
+    _focal_loss_bwd_kernel[config["grid"]](
+        logits_ptr=logits, stride_logits=logits.stride(0), grad_ptr=grad_out, stride_grad=grad_out.stride(0),
+        target_ptr=target, alpha_ptr=alpha if alpha is not None else stats, stats_ptr=stats,
+        grad_loss_ptr=grad_loss, stride_grad_loss=grad_loss.stride(0) if grad_loss.dim() else 0,
+        n_valid_ptr=n_valid if n_valid is not None else target,
+        n_cols=n_cols, gamma=float(gamma), ignore_index=int(ignore_index),
+        HAS_ALPHA=alpha is not None, REDUCTION=REDUCTION_CODES[reduction], ACC_DTYPE=_acc(logits)[1],
+        BLOCK_V=config["BLOCK_V"], num_warps=config["num_warps"],
+    )
+    return grad_out

@@ -107,6 +107,7 @@ def all_cases() -> list:
         _scan_case(SCAN_SHAPE, torch.bfloat16),
         _scan_case(SCAN_SHAPE, torch.float32),
         _focal_case((2048, 5003), torch.bfloat16),
+        _focal_case((8192, 131072), torch.bfloat16),
         _linear_focal_case((2048, 512, 5003), torch.bfloat16),
         _linear_focal_case((8192, 512, 131072), torch.bfloat16),
         _contrastive_case((4096, 4096, 512), torch.bfloat16),

@@ -136,12 +136,13 @@ def parse_sass(text: str) -> list:
 
 
 def loops(sass: list) -> list:
-    """Loops as (start address, end address) from backward branches, innermost ones first."""
+    """Loops as (start address, end address) from backward branches, innermost ones first (a branch to itself,
+    the trap ptxas puts after the last EXIT, is not one)."""
     found = set()
     for address, opcode, operands in sass:
         if opcode.startswith("BRA"):
             target = re.search(r"0x([0-9a-f]+)", operands)
-            if target and int(target.group(1), 16) <= address:
+            if target and int(target.group(1), 16) < address:
                 found.add((int(target.group(1), 16), address))
     return sorted(found, key=lambda span: span[1] - span[0])
 
@@ -168,14 +169,16 @@ def instruction_counts(sass: list, span: tuple | None = None) -> dict:
     return {"instructions": len(ops), **{name: counts[name] for name in CLASSES}}
 
 
-def hot_loop(sass: list) -> dict:
+def hot_loop(sass: list, counts: tuple = ()) -> dict:
     """The loop the kernel spends its time in: the innermost loop with the most instructions (a loop that
-    holds another loop is never innermost); counts per iteration. ``None`` for straight-line code."""
+    holds another loop is never innermost), or, given ``counts`` (as ``instructions_per_program`` takes them), the one that
+    executes the most; counts per iteration. ``None`` for straight-line code."""
     spans = loops(sass)
     innermost = [s for s in spans if not any(o != s and s[0] <= o[0] and o[1] <= s[1] for o in spans)]
     if not innermost:
         return None
-    best = max(innermost, key=lambda s: instruction_counts(sass, s)["instructions"])
+    runs = dict(zip(sorted(spans), counts)) if counts and len(counts) == len(spans) else {}
+    best = max(innermost, key=lambda s: instruction_counts(sass, s)["instructions"] * runs.get(s, 1))
     return {"span": [best[0], best[1]], "loops": len(spans), **instruction_counts(sass, best)}
 
 
@@ -212,15 +215,24 @@ def loop_nest(sass: list) -> list:
     return sorted(nest, key=lambda loop: loop["span"][0])
 
 
-def instructions_per_program(sass: list, trips: list) -> float:
+def instructions_per_program(sass: list, trips: list, counts: tuple = ()) -> float:
     """Warp-instructions one program issues: straight-line code once, each loop's own instructions times
-    the product of the declared trip counts down to its depth (``trips`` outer to inner; deeper loops
-    than declared take the innermost count)."""
+    the product of the declared trip counts down to its depth (``trips`` outer to inner), or, given
+    ``counts``, times its own entry (one per loop in address order, for loops side by side). A loop deeper
+    than ``trips`` declares, or a ``counts`` of another length than the SASS's loops, is a ValueError: the
+    cost model no longer describes the kernel."""
     nest = loop_nest(sass)
+    if counts and len(counts) != len(nest):
+        raise ValueError(f"the cost model counts {len(counts)} loops, the SASS has {len(nest)}")
     total = instruction_counts(sass)["instructions"] - sum(l["own_instructions"] for l in nest)
-    for loop in nest:
-        factor = 1
-        for level in range(loop["depth"]):
-            factor *= trips[min(level, len(trips) - 1)]
+    for i, loop in enumerate(nest):
+        if counts:
+            factor = counts[i]
+        else:
+            if loop["depth"] > len(trips):
+                raise ValueError(f"a loop at depth {loop['depth']}, the cost model declares {len(trips)} levels")
+            factor = 1
+            for level in range(loop["depth"]):
+                factor *= trips[level]
         total += loop["own_instructions"] * factor
     return total

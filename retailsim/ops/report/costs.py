@@ -15,6 +15,8 @@ class Cost:
     fp32_flops: float = 0.0        # elementwise work on CUDA cores
     exps: float = 0.0
     loop_trips: tuple = (1,)       # trip counts per program of the loop nest, outer to inner
+    loop_counts: tuple = ()        # or, where loops sit side by side: the times each loop's body runs per
+                                   # program, one entry per loop of the SASS in address order
     tc_peak: str = "bf16"          # which tensor-core peak applies: bf16 or tf32
 
 
@@ -31,15 +33,22 @@ def _scan(args, backward: bool) -> Cost:
         streams -= 2 if backward else 1
     bc = (2 + (2 if backward else 0)) * batch * dstate * length * _size(B)
     steps = batch * dim * length * dstate
+    n_full = length // args["CHUNK"]
+    # The backward peels a partial last chunk (processed first, with length masks) before the loop over the
+    # full ones: its state loop, then the chunk loop and the state loop inside it.
+    counts = (dstate * (length % args["CHUNK"] != 0), n_full, n_full * dstate) if backward else ()
     return Cost(bytes_min=streams * batch * dim * length * _size(u) + bc,
                 fp32_flops=steps * (10 if backward else 4), exps=steps,
-                loop_trips=(math.ceil(length / args["CHUNK"]),) + ((dstate,) if backward else ()))
+                loop_trips=(math.ceil(length / args["CHUNK"]),) + ((dstate,) if backward else ()),
+                loop_counts=counts)
 
 
-def _focal(args) -> Cost:
+def _focal(args, backward: bool = False) -> Cost:
+    """The forward reads the logits (and writes the gradient when COMPUTE_GRAD); the backward kernel reads them
+    and writes the gradient."""
     logits = args["logits_ptr"]
     rows, n_cols = logits.shape[0], args["n_cols"]
-    passes = 2 if args["COMPUTE_GRAD"] else 1
+    passes = 2 if backward or args["COMPUTE_GRAD"] else 1
     return Cost(bytes_min=passes * rows * n_cols * _size(logits), fp32_flops=4 * rows * n_cols,
                 exps=rows * n_cols, loop_trips=(math.ceil(n_cols / args["BLOCK_V"]),))
 
@@ -78,6 +87,12 @@ def cost(name: str, args: dict, grid: tuple) -> Cost | None:
         return _scan(args, backward=True)
     if name == "_focal_loss_kernel":
         return _focal(args)
+    if name == "_focal_loss_bwd_kernel":
+        return _focal(args, backward=True)
+    if name == "_focal_reduce_kernel":   # one program: the per-row losses and targets once
+        rows = args["n_rows"]
+        return Cost(bytes_min=rows * (_size(args["loss_rows_ptr"]) + _size(args["target_ptr"])),
+                    loop_trips=(math.ceil(rows / args["BLOCK_R"]),))
     if name == "_contrastive_fwd_kernel":
         return _contrastive_fwd(args, grid)
     if name == "_contrastive_bwd_candidate_kernel":
