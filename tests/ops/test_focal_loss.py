@@ -99,6 +99,16 @@ def test_focal_loss_matches_float64_reference(path, gamma, with_alpha, reduction
     _check_focal(logits, target, gamma=gamma, alpha=alpha.float() if with_alpha else None, reduction=reduction)
 
 
+def test_focal_loss_nan_logit_makes_its_row_nan(path):
+    """A NaN logit off the target, first in its lane's chunk or later, is not skipped by the running max."""
+    logits, target, _ = _inputs(seed=14, n_rows=4, n_cols=75, n_ignored=0)
+    target[:] = torch.tensor([5, 6, 7, 8])
+    logits[0, 0] = logits[1, 70] = logits[3, 8] = float("nan")   # row 3: at its target
+    rows = focal_loss(logits, target, reduction="none")
+    assert torch.isnan(rows[[0, 1, 3]]).all() and torch.isfinite(rows[2]), rows
+    assert torch.isnan(focal_loss(logits, target))
+
+
 def test_focal_loss_backward_reads_an_expanded_grad_output(path):
     """loss.sum() of reduction "none" hands the backward a stride-0 (N,) grad_output; the backward kernel reads
     it per row, and a scalar loss's grad_output (a () tensor) scales every row."""

@@ -68,13 +68,15 @@ def focal_loss(
         ignore_index: target value of rows that contribute 0 loss and 0 gradient.
         reduction: ``"mean"`` (over non-ignored rows; 0 when every row is ignored), ``"sum"`` or ``"none"``.
         inplace_backward: the backward writes the gradient over ``logits`` instead of a new (..., V) buffer
-            (saves that much memory). Their values are the gradient's afterwards, and another backward that
-            needs them raises autograd's in-place error. Ignored under ``torch.compile``, which never lets an
-            op write its inputs.
+            (saves that much memory). Their values are the gradient's afterwards (a leaf's ``.grad`` may
+            share their memory), and another backward that needs them raises autograd's in-place error.
+            Ignored under ``torch.compile``, which never lets an op write its inputs.
 
     Returns:
         A scalar, or (...) per-row losses for ``"none"``, in logits' dtype. An out-of-range target raises on
-        the CPU and gives NaN on an accelerator (checking there would need a host sync).
+        the CPU and gives NaN on an accelerator (checking there would need a host sync); a NaN logit makes
+        its row's loss NaN. The backward reads logits, target and alpha again: changing one of them in
+        place before it runs raises autograd's in-place error.
 
     Example:
         >>> logits = torch.randn(8, 100, requires_grad=True)
@@ -96,7 +98,7 @@ def focal_loss(
         logits2d = logits2d.contiguous()
     alpha = None if alpha is None else alpha.detach().contiguous()
     loss = FocalLossFunction.apply(
-        logits2d, target.reshape(-1), alpha, float(gamma), int(ignore_index), reduction, backend,
+        logits2d, target.reshape(-1).contiguous(), alpha, float(gamma), int(ignore_index), reduction, backend,
         bool(inplace_backward) and logits2d.data_ptr() == logits.data_ptr() and logits2d.is_contiguous(),
     )
     return loss.reshape(target.shape) if reduction == "none" else loss
@@ -158,6 +160,7 @@ def linear_focal_loss(
     hidden2d = hidden.reshape(-1, hidden.shape[-1])  # (N, H)
     alpha = None if alpha is None else alpha.detach().contiguous()
     loss = LinearFocalLossFunction.apply(
-        hidden2d, weight, target.reshape(-1), bias, alpha, float(gamma), int(ignore_index), reduction, backend
+        hidden2d, weight, target.reshape(-1).contiguous(), bias, alpha, float(gamma), int(ignore_index), reduction,
+        backend
     )
     return loss.reshape(target.shape) if reduction == "none" else loss

@@ -1,7 +1,9 @@
 """Autograd Functions of ``focal_loss`` and ``linear_focal_loss``.
 
-The forward pass computes the loss and every gradient at once (one pass over the logits); backward only
-multiplies the saved gradients by ``grad_output``. The work itself sits in ``torch.library`` custom ops, so
+``focal_loss``: the forward reads the logits once for the loss and each row's (lse, ce); the backward reads
+them again and writes the gradient with ``grad_output`` applied. ``linear_focal_loss``: each row chunk's
+gradient is computed with its loss in the forward (reduction "none": recomputed in backward), and backward
+multiplies by ``grad_output``. The work itself sits in ``torch.library`` custom ops, so
 ``torch.compile`` treats it as one opaque call instead of tracing (or breaking on) a Triton launch or a
 Python loop over row chunks; eager calls run the same Python implementation without the dispatcher round
 trip. The backend ("triton" or "torch") is resolved by the caller and passed in.
@@ -12,6 +14,7 @@ import importlib
 from typing import Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from retailsim.ops.focal_loss import torch_path
 
@@ -122,6 +125,7 @@ class FocalLossFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable  # the gradient has no graph behind it: a second derivative raises, never comes back wrong
     def backward(ctx, grad_loss):
         logits, target, alpha, stats, n_valid = ctx.saved_tensors
         gamma, ignore_index, reduction, backend = ctx.focal_args

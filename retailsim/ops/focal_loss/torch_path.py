@@ -1,5 +1,5 @@
-"""The PyTorch path of the focal loss (CPU, MPS, and anywhere Triton cannot run): the same one-pass loss and
-gradient as the Triton kernel, chunked over rows so that its temporaries stay under ~2 x ``CHUNK_ELEMENTS``
+"""The PyTorch path of the focal loss (CPU, MPS, and anywhere Triton cannot run): the same loss, (lse, ce)
+statistics and gradients as the Triton kernels, chunked over rows so that its temporaries stay under ~2 x ``CHUNK_ELEMENTS``
 values whatever N is. Math in float32 (float64 for float64 input); no host sync, no op MPS lacks.
 """
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""Triton kernel of the softmax focal loss and its launcher (kernels and launchers only).
+"""Triton kernels of the softmax focal loss and their launchers (kernels and launchers only).
 
-One program per row streams the vocabulary twice in BLOCK_V chunks: pass 1 finds the row's log-sum-exp
-online, pass 2 writes the gradient (into its own buffer, or over the logits when the caller asks). Row count
-and V are runtime ints; only the block size and flags are constexpr, so a new batch size never recompiles.
+Forward: one program per row streams the vocabulary in BLOCK_V chunks for the row's log-sum-exp (per-lane
+online max and sum, one block reduction) and writes the row's loss and (lse, ce); with COMPUTE_GRAD (the
+path of linear_focal_loss) a second pass writes the gradient, into its own buffer or over the logits.
+Reduction: one program sums or averages the rows. Backward: one program per row writes the gradient from
+(lse, ce) with grad_output applied. The row count is the grid and L-like sizes are runtime ints; V stays
+specialised (see the kernel), so a new batch size never recompiles.
 """
 from __future__ import annotations
 
@@ -42,8 +45,8 @@ def _merge_max_rest(max_a, rest_a, max_b, rest_b):
     # joins the rest, scaled by exp(m_small - m_big). A side with no finite logit yet (m = -inf, rest = 0)
     # adds nothing: the exponent is guarded, so no lane ever computes -inf - -inf. Associative and
     # commutative, so it is also the combine of the row's one block reduction.
-    big = tl.maximum(max_a, max_b)
-    small = tl.minimum(max_a, max_b)
+    big = tl.maximum(max_a, max_b, propagate_nan=tl.PropagateNan.ALL)   # a NaN logit makes the row NaN
+    small = tl.minimum(max_a, max_b, propagate_nan=tl.PropagateNan.ALL)
     scale = tl.exp(small - tl.where(big == float("-inf"), 0.0, big))
     small_rest = tl.where(max_a >= max_b, rest_b, rest_a)
     big_rest = tl.where(max_a >= max_b, rest_a, rest_b)
@@ -60,7 +63,7 @@ def _focal_loss_kernel(
     target_ptr,  # (N,) int
     alpha_ptr,  # (V,) float, read only when HAS_ALPHA
     loss_ptr,  # (N,) per-row loss (ignored rows 0), fp32 or the output dtype
-    stats_ptr,  # (N, 2) fp32 (lse, ce) per row, written only when SAVE_STATS
+    stats_ptr,  # (N, 2) (lse, ce) per row in ACC_DTYPE, written only when SAVE_STATS
     n_valid_ptr,  # () int64 number of non-ignored rows, read only when COMPUTE_GRAD and REDUCTION == 2 (mean)
     n_cols, gamma, ignore_index,
     HAS_ALPHA: tl.constexpr, REDUCTION: tl.constexpr, COMPUTE_GRAD: tl.constexpr, SAVE_STATS: tl.constexpr,
@@ -103,7 +106,7 @@ def _focal_loss_kernel(
         l_max, l_rest = _merge_max_rest(l_max, l_rest, b_z, tl.zeros_like(l_rest))
     b_max, b_rest = tl.reduce((l_max, l_rest), 0, _merge_max_rest)
 
-    ce = tl.maximum((b_max - z_y) + _log1p(b_rest), 0.0)
+    ce = tl.maximum((b_max - z_y) + _log1p(b_rest), 0.0, propagate_nan=tl.PropagateNan.ALL)
     lse = b_max + _log1p(b_rest)
     if HAS_ALPHA:
         alpha_y = tl.load(alpha_ptr + y_safe).to(ACC_DTYPE)

@@ -56,9 +56,9 @@ def _kernel_record(case, launch, compiled, target) -> dict:
         issue = hardware.issue_ms(target, programs, ctas, compiled.num_warps, per_cta)
         estimate = max(floor, executed_tc, issue)
         record.update(
-            estimate_ms=round(estimate, 4), floor_ms=round(floor, 4),
+            estimate_ms=_ms(estimate), floor_ms=_ms(floor),
             estimate_over_floor=round(estimate / floor, 2) if floor else None,
-            issue_ms=round(issue, 4), tc_executed_ms=round(executed_tc, 4),
+            issue_ms=_ms(issue), tc_executed_ms=_ms(executed_tc),
             flops_executed_over_min=round(cost.tc_flops_executed / cost.tc_flops_min, 2)
             if cost.tc_flops_min else None,
             bytes_min=cost.bytes_min, exps=cost.exps, loop_trips=list(cost.loop_trips),
@@ -66,6 +66,11 @@ def _kernel_record(case, launch, compiled, target) -> dict:
             instructions_per_program=per_cta,
         )
     return record
+
+
+def _ms(value: float) -> float:
+    """Milliseconds to four significant digits (four decimals would round a one-program kernel's floor to 0)."""
+    return float(f"{value:.4g}")
 
 
 def build(cases, archs=ARCHS, log=print) -> list:

@@ -171,13 +171,13 @@ def instruction_counts(sass: list, span: tuple | None = None) -> dict:
 
 def hot_loop(sass: list, counts: tuple = ()) -> dict:
     """The loop the kernel spends its time in: the innermost loop with the most instructions (a loop that
-    holds another loop is never innermost), or, given ``counts`` (as ``instructions_per_program`` takes them), the one that
-    executes the most; counts per iteration. ``None`` for straight-line code."""
+    holds another loop is never innermost), or, given ``counts`` (as ``instructions_per_program`` takes
+    them), the one that executes the most; counts per iteration. ``None`` for straight-line code."""
     spans = loops(sass)
     innermost = [s for s in spans if not any(o != s and s[0] <= o[0] and o[1] <= s[1] for o in spans)]
     if not innermost:
         return None
-    runs = dict(zip(sorted(spans), counts)) if counts and len(counts) == len(spans) else {}
+    runs = dict(zip(sorted(spans), (count for _, count in counts))) if len(counts) == len(spans) else {}
     best = max(innermost, key=lambda s: instruction_counts(sass, s)["instructions"] * runs.get(s, 1))
     return {"span": [best[0], best[1]], "loops": len(spans), **instruction_counts(sass, best)}
 
@@ -218,16 +218,17 @@ def loop_nest(sass: list) -> list:
 def instructions_per_program(sass: list, trips: list, counts: tuple = ()) -> float:
     """Warp-instructions one program issues: straight-line code once, each loop's own instructions times
     the product of the declared trip counts down to its depth (``trips`` outer to inner), or, given
-    ``counts``, times its own entry (one per loop in address order, for loops side by side). A loop deeper
-    than ``trips`` declares, or a ``counts`` of another length than the SASS's loops, is a ValueError: the
-    cost model no longer describes the kernel."""
+    ``counts`` ((depth, executions) per loop in address order, for loops side by side), times its own
+    executions. A loop deeper than ``trips`` declares, or ``counts`` whose depths are not the SASS's loops',
+    is a ValueError: the cost model no longer describes the kernel."""
     nest = loop_nest(sass)
-    if counts and len(counts) != len(nest):
-        raise ValueError(f"the cost model counts {len(counts)} loops, the SASS has {len(nest)}")
+    if counts and [depth for depth, _ in counts] != [loop["depth"] for loop in nest]:
+        raise ValueError(f"the cost model declares loops at depths {[d for d, _ in counts]}, the SASS has them at "
+                         f"{[loop['depth'] for loop in nest]}")
     total = instruction_counts(sass)["instructions"] - sum(l["own_instructions"] for l in nest)
     for i, loop in enumerate(nest):
         if counts:
-            factor = counts[i]
+            factor = counts[i][1]
         else:
             if loop["depth"] > len(trips):
                 raise ValueError(f"a loop at depth {loop['depth']}, the cost model declares {len(trips)} levels")

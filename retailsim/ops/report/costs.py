@@ -15,8 +15,8 @@ class Cost:
     fp32_flops: float = 0.0        # elementwise work on CUDA cores
     exps: float = 0.0
     loop_trips: tuple = (1,)       # trip counts per program of the loop nest, outer to inner
-    loop_counts: tuple = ()        # or, where loops sit side by side: the times each loop's body runs per
-                                   # program, one entry per loop of the SASS in address order
+    loop_counts: tuple = ()        # or, where loops sit side by side: (depth, times its body runs per
+                                   # program) for each loop of the SASS in address order
     tc_peak: str = "bf16"          # which tensor-core peak applies: bf16 or tf32
 
 
@@ -36,7 +36,7 @@ def _scan(args, backward: bool) -> Cost:
     n_full = length // args["CHUNK"]
     # The backward peels a partial last chunk (processed first, with length masks) before the loop over the
     # full ones: its state loop, then the chunk loop and the state loop inside it.
-    counts = (dstate * (length % args["CHUNK"] != 0), n_full, n_full * dstate) if backward else ()
+    counts = ((1, dstate * (length % args["CHUNK"] != 0)), (1, n_full), (2, n_full * dstate)) if backward else ()
     return Cost(bytes_min=streams * batch * dim * length * _size(u) + bc,
                 fp32_flops=steps * (10 if backward else 4), exps=steps,
                 loop_trips=(math.ceil(length / args["CHUNK"]),) + ((dstate,) if backward else ()),

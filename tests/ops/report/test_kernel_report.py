@@ -153,7 +153,7 @@ def test_a_launcher_that_ignores_its_config_for_fails_the_checks():
         "from retailsim.ops.report.cases import all_cases\n"
         "case = next(c for c in all_cases() if c.op == 'focal_loss')\n"
         "honest = build([case], archs=(90,), log=lambda line: None)\n"
-        "# a launcher whose config_for answers 2 warps while it launches with its own 16\n"
+        "# a launcher whose config_for answers 2 warps while it launches with its own (4 at V = 5003)\n"
         "sys.modules['lying'] = types.SimpleNamespace(config_for=lambda shape, dtype, arch=None: {\n"
         "    **focal.config_for(shape, dtype, arch), 'num_warps': 2})\n"
         "lying = build([dataclasses.replace(case, launcher='lying')], archs=(90,), log=lambda line: None)\n"
@@ -165,4 +165,5 @@ def test_a_launcher_that_ignores_its_config_for_fails_the_checks():
     assert result.returncode == 0, result.stderr[-3000:]
     honest_failures, lying = result.stdout.strip().split(" ", 1)
     assert honest_failures == "0"
-    assert "focal_loss on sm_90: launched other tiles than config_for" in lying and "num_warps=16" in lying
+    assert "focal_loss on sm_90: launched other tiles than config_for" in lying
+    assert "num_warps=4 but config_for says 2" in lying

@@ -26,18 +26,20 @@ def test_trip_counts_charge_each_loop_by_its_depth_and_counts_charge_each_loop_i
     straight = len(SASS) - 3 - 4 - 4
     assert instructions_per_program(SASS, [5, 3]) == straight + 3 * 5 + 4 * 5 + 4 * 15
     # The peeled loop runs twice, the outer loop 5 times and the inner one 15 times in all.
-    assert instructions_per_program(SASS, [5, 3], (2, 5, 15)) == straight + 3 * 2 + 4 * 5 + 4 * 15
-    assert instructions_per_program(SASS, [5, 3], (0, 5, 15)) == straight + 4 * 5 + 4 * 15
+    assert instructions_per_program(SASS, [5, 3], ((1, 2), (1, 5), (2, 15))) == straight + 3 * 2 + 4 * 5 + 4 * 15
+    assert instructions_per_program(SASS, [5, 3], ((1, 0), (1, 5), (2, 15))) == straight + 4 * 5 + 4 * 15
 
 
 def test_a_cost_model_that_does_not_describe_the_loops_is_an_error():
-    with pytest.raises(ValueError, match="counts 2 loops, the SASS has 3"):
-        instructions_per_program(SASS, [5, 3], (5, 15))
+    with pytest.raises(ValueError, match=r"depths \[1, 2\], the SASS has them at \[1, 1, 2\]"):
+        instructions_per_program(SASS, [5, 3], ((1, 5), (2, 15)))
+    with pytest.raises(ValueError, match=r"depths \[1, 2, 1\]"):   # the peeled loop moved after the nest
+        instructions_per_program(SASS, [5, 3], ((1, 5), (2, 15), (1, 2)))
     with pytest.raises(ValueError, match="depth 2, the cost model declares 1"):
         instructions_per_program(SASS, [5])
 
 
 def test_the_hot_loop_is_the_one_that_executes_the_most_once_counts_are_known():
     assert hot_loop(SASS)["span"] == [0x50, 0x80]           # innermost with the most instructions
-    assert hot_loop(SASS, (100, 5, 15))["span"] == [0x10, 0x30]
-    assert hot_loop(SASS, (0, 5, 15))["span"] == [0x50, 0x80]
+    assert hot_loop(SASS, ((1, 100), (1, 5), (2, 15)))["span"] == [0x10, 0x30]
+    assert hot_loop(SASS, ((1, 0), (1, 5), (2, 15)))["span"] == [0x50, 0x80]
