@@ -54,10 +54,7 @@ def forward(
     for start in range(0, n_rows, step):
         rows = slice(start, min(start + step, n_rows))
         z = logits[rows].to(dtype)  # (R, V)
-        y = target[rows].long()  # (R,)
-        ignored = y == ignore_index
-        in_range = (y >= 0) & (y < n_cols)
-        y_safe = torch.where(in_range, y, torch.zeros_like(y))[:, None]  # (R, 1)
+        ignored, in_range, y_safe = _targets(target[rows], ignore_index, n_cols)
         row_max, argmax = z.max(dim=1, keepdim=True)  # (R, 1)
         # rest = sum of exp(z - max) without the argmax's own 1, so log1p keeps its digits as p_y -> 1.
         exps = torch.sub(z, row_max).exp_().scatter_(1, argmax, 0.0)  # (R, V)
@@ -83,6 +80,13 @@ def forward(
         probs = torch.sub(z, row_max + log_sum, out=exps).exp_().scatter_(1, y_safe, -q)  # p_j; p_y - 1 = -q
         grad_out[rows] = probs.mul_(coef)  # the copy casts to grad_out's dtype
     return FocalRows(loss, grad_out, stats)
+
+
+def _targets(y: torch.Tensor, ignore_index: int, n_cols: int):
+    """(ignored (R,), in range (R,), the class index to read, 0 where out of range (R, 1)) of a chunk's targets."""
+    y = y.long()
+    in_range = (y >= 0) & (y < n_cols)
+    return y == ignore_index, in_range, torch.where(in_range, y, torch.zeros_like(y))[:, None]
 
 
 def _coefficient(ce, q, q_pow, weight, gamma):
@@ -117,10 +121,7 @@ def backward(*, logits: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor 
     step = max(1, (chunk_elements or CHUNK_ELEMENTS) // max(n_cols, 1))
     for start in range(0, n_rows, step):
         rows = slice(start, min(start + step, n_rows))
-        y = target[rows].long()
-        ignored = y == ignore_index
-        in_range = (y >= 0) & (y < n_cols)
-        y_safe = torch.where(in_range, y, torch.zeros_like(y))[:, None]
+        ignored, in_range, y_safe = _targets(target[rows], ignore_index, n_cols)
         lse, ce = stats[rows, 0:1], stats[rows, 1:2]
         q = -torch.expm1(-ce)
         weight = torch.ones_like(ce) if alpha_c is None else alpha_c[y_safe]
