@@ -158,6 +158,68 @@ def test_triton_splits_and_d_chunks_match(backend_name):
         check_fp32_parity(floats, ids, gen, reduction="none")
 
 
+@pytest.mark.parametrize("backend_name", TRITON)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_triton_splits_merge_in_the_loss_and_gradient_kernels(backend_name, reduction, normalize):
+    """Three splits of both loops: the loss kernel merges the forward's (m, l, s_ip) and weighs each split's O,
+    the gradient kernel sums the candidate partials; with a scalar upstream gradient read inside the kernels."""
+    from retailsim.ops.contrastive_loss.triton import config_override
+
+    use_backend(backend_name, torch.device("cpu"))
+    floats, ids, gen = make_problem(40, 90, 24, seed=14, dtype=torch.float32)
+    with config_override(splits=3):
+        check_fp32_parity(floats, ids, gen, reduction=reduction, normalize=normalize)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_strided_inputs(backend_name):
+    """Anchors as a column slice of a wider tensor (row stride 2D) and candidates transposed (column stride)."""
+    use_backend(backend_name, torch.device("cpu"))
+    floats, ids, gen = make_problem(21, 33, 12, seed=15, dtype=torch.float32)
+    wide = torch.cat([floats["anchors"].detach(), torch.randn(21, 12, generator=gen)], dim=1)
+    anchors = wide[:, :12].requires_grad_()
+    candidates = floats["candidates"].detach().t().contiguous().t().requires_grad_()
+    assert anchors.stride() == (24, 1) and candidates.stride() == (1, 33)
+    check_fp32_parity({"anchors": anchors, "candidates": candidates}, ids, gen, reduction="none")
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_per_row_upstream_gradient_with_stride_zero(backend_name):
+    """reduction="none" with an expanded (stride 0) upstream gradient, as ``loss.backward(g.expand(N))`` gives."""
+    use_backend(backend_name, torch.device("cpu"))
+    floats, ids, _ = make_problem(17, 25, 8, seed=16, dtype=torch.float64)
+    upstream = torch.full((1,), 0.7, dtype=torch.float64).expand(17)
+    out = contrastive_loss(floats["anchors"], floats["candidates"], **ids, reduction="none")
+    grads = torch.autograd.grad(out, (floats["anchors"], floats["candidates"]), upstream)
+    ref = contrastive_loss_ref(floats["anchors"], floats["candidates"], **ids, reduction="sum") * 0.7
+    ref_grads = torch.autograd.grad(ref, (floats["anchors"], floats["candidates"]))
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_triton_kernels_turn_an_out_of_range_positive_into_nan():
+    """On a GPU the index check costs no host sync: the loss kernel makes that anchor's loss NaN (the CPU
+    entry point raises before the kernels run, so the launcher is called directly here)."""
+    if not backend.triton_runs_on(torch.device("cpu")):
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
+    from retailsim.ops.contrastive_loss import triton as launchers
+    from retailsim.ops.contrastive_loss.function import CandidateIndex
+
+    floats, ids, _ = make_problem(6, 10, 16, seed=17, dtype=torch.float32, ignored=0.0)
+    positive = ids["positive_index"].clone()
+    positive[2], positive[4] = 10, -3
+    index = CandidateIndex(positive, ids["anchor_group"], ids["candidate_group"], ids["candidate_label"])
+    for reduction in ("none", "mean"):
+        loss, _ = launchers.forward(anchors=floats["anchors"].detach(), candidates=floats["candidates"].detach(),
+                                    index=index, scale=1 / 0.07, normalize=True, reduction=reduction,
+                                    want_anchor_grad=False, want_candidate_grad=False)
+        if reduction == "none":
+            assert torch.isnan(loss[[2, 4]]).all() and torch.isfinite(loss[[0, 1, 3, 5]]).all()
+        else:
+            assert torch.isnan(loss)
+
+
 def test_torch_path_many_chunks_matches(monkeypatch):
     monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 100)  # 100 // 61 = 1 anchor per chunk
     use_backend("torch", torch.device("cpu"))

@@ -46,7 +46,8 @@ def contrastive_loss(
     Args:
         anchors: (N, D) float32, float16, bfloat16 or float64; gradient returned.
         candidates: (M, D), same dtype and device as ``anchors``, M >= 1; gradient returned.
-        positive_index: (N,) integer, each in [-1, M); -1 ignores the anchor.
+        positive_index: (N,) integer, each in [-1, M); -1 ignores the anchor. Another value raises on the
+            CPU; on a GPU (checked without a host sync) the Triton kernels make that anchor's loss NaN.
         anchor_group: (N,) integer group id of each anchor.
         candidate_group: (M,) integer group id of each candidate.
         candidate_label: (M,) integer label of each candidate, or None for no label exclusion.
@@ -59,7 +60,8 @@ def contrastive_loss(
         The loss in ``anchors``' dtype: a scalar, or (N,) with ``reduction="none"``. Internally float32
         (float64 for float64 inputs); bf16/fp16 operands go to the tensor cores as they are.
 
-    Backends (``retailsim.ops.backend``): Triton on CUDA (and on CPU under ``TRITON_INTERPRET=1``), a chunked
+    Backends (``retailsim.ops.backend``): Triton on CUDA (and on CPU under ``TRITON_INTERPRET=1``): five
+    kernel launches per forward + backward, the normalisation, masks and reduction inside them; a chunked
     PyTorch path elsewhere; chosen before autograd records the call. Deterministic on every backend. Both
     run as ``torch.library`` custom ops under ``torch.compile`` (no graph break).
 
@@ -76,10 +78,10 @@ def contrastive_loss(
         >>> loss.shape, decoded.grad.shape
         (torch.Size([]), torch.Size([6, 32]))
     """
-    index = _validated_index(anchors, candidates, positive_index, anchor_group, candidate_group, candidate_label,
-                             temperature, reduction)
+    index, backend_name = _validated_index(anchors, candidates, positive_index, anchor_group, candidate_group,
+                                           candidate_label, temperature, reduction)
     return ContrastiveLossFunction.apply(anchors, candidates, index, float(temperature), bool(normalize),
-                                         reduction, _resolve(anchors.device.type))
+                                         reduction, backend_name)
 
 
 def _check_ids(name: str, ids: torch.Tensor, length: int, length_name: str, device: torch.device) -> None:
@@ -95,7 +97,9 @@ def _check_ids(name: str, ids: torch.Tensor, length: int, length_name: str, devi
 
 
 def _validated_index(anchors, candidates, positive_index, anchor_group, candidate_group, candidate_label,
-                     temperature, reduction) -> CandidateIndex:
+                     temperature, reduction) -> tuple[CandidateIndex, str]:
+    """The integer inputs as the kernels read them, and the backend that will run (after the checks: a
+    non-tensor argument gets its sentence, not an AttributeError)."""
     for name, x in (("anchors", anchors), ("candidates", candidates)):
         if not isinstance(x, torch.Tensor) or x.dim() != 2:
             raise ValueError(f"contrastive_loss: {name} must be a 2-D tensor, got "
@@ -121,19 +125,20 @@ def _validated_index(anchors, candidates, positive_index, anchor_group, candidat
     if candidate_label is not None:
         _check_ids("candidate_label", candidate_label, num_candidates, "M", anchors.device)
 
+    backend_name = _resolve(anchors.device.type)
     positive_index = positive_index.to(torch.int64).contiguous()
-    in_range = ((positive_index >= -1) & (positive_index < num_candidates)).all()
     message = f"contrastive_loss: positive_index values must lie in [-1, M) = [-1, {num_candidates})."
     if anchors.device.type == "cpu" and not torch.compiler.is_compiling():
-        if not bool(in_range):
+        if num_anchors and not bool(((positive_index >= -1) & (positive_index < num_candidates)).all()):
             raise ValueError(message)
-    else:
-        torch._assert_async(in_range, message)  # checked on the device, without a host sync
-    label = None if candidate_label is None else candidate_label.to(torch.int64).contiguous()
-    return CandidateIndex(
+    elif backend_name != "triton":
+        # The Triton kernels turn such an anchor's loss into NaN (no host sync); the PyTorch path would index
+        # out of range, so there the check runs on the device, without a host sync either.
+        torch._assert_async(((positive_index >= -1) & (positive_index < num_candidates)).all(), message)
+    index = CandidateIndex(
         positive_index=positive_index,
         anchor_group=anchor_group.to(torch.int64).contiguous(),
         candidate_group=candidate_group.to(torch.int64).contiguous(),
-        candidate_label=label,
-        positive_label=None if label is None else label[positive_index.clamp(min=0)],
+        candidate_label=None if candidate_label is None else candidate_label.to(torch.int64).contiguous(),
     )
+    return index, backend_name

@@ -1,13 +1,19 @@
 """The launcher contract of the contrastive loss's backends (``triton.py``, ``chunked.py``: backend names
-``triton`` and ``torch``), the same shape as the other ops' launchers:
+``triton`` and ``torch``), the same shape as the other ops' launchers. Each backend runs the whole op, the
+normalisation, the masks and the reduction included:
 
-    KEEPS_INPUT_DTYPE: whether bf16/fp16 operands reach the backend as they are (else upcast to float32)
-    forward(*, a_op, c_op, index, scale, want_anchor_grad, unit_weight) -> AnchorStats
-    candidate_grad(*, a_op, c_op, index, scale, row_max, row_sum, row_weight) -> (M, D)
+    forward(*, anchors, candidates, index, scale, normalize, reduction, want_anchor_grad,
+            want_candidate_grad) -> (loss, Saved)
+    backward(*, grad_loss, anchors, candidates, index, scale, normalize, reduction, saved,
+             want_anchor_grad, want_candidate_grad) -> (grad_anchors, grad_candidates)
+    saved_shapes(num_anchors, num_candidates, dim, dtype, device, normalize, reduction, want_anchor_grad,
+                 want_candidate_grad)
+        -> Saved of shapes (what torch.compile's fake tensors need)
     config_for(shape, dtype, arch) -> dict: the tiles and warps for (N, M, D)
 
-Keyword arguments only; results in the work dtype (float32, float64 for float64 operands). ``index`` is the
-``CandidateIndex`` of ``function.py``.
+Keyword arguments only. ``index`` is the ``CandidateIndex`` of ``function.py``; ``loss`` is in anchors' dtype,
+the gradients in their inputs' dtypes (a 0-element tensor where a gradient is not wanted). What ``Saved``
+holds is the backend's own business between its forward and its backward; its shapes are common.
 """
 from __future__ import annotations
 
@@ -16,18 +22,18 @@ from typing import NamedTuple
 import torch
 
 
-class AnchorStats(NamedTuple):
-    """Per anchor i: m_i and l_i (max and sum of exp(s_ij - m_i) over A(i)), the positive's score s_ip,
-    O_i = sum_j P_ij c_j when the anchor gradient is wanted, and the candidate gradient at unit row weights
-    when the backend computes it in the same pass (else None)."""
+class Saved(NamedTuple):
+    """What a forward keeps for its backward, in the work dtype (float32; float64 for float64 inputs); a field a
+    call does not need is a 0-element tensor."""
 
-    row_max: torch.Tensor
-    row_sum: torch.Tensor
-    positive_score: torch.Tensor
-    weighted: torch.Tensor | None
-    candidate_grad_unit: torch.Tensor | None
+    norms: torch.Tensor           # (N + M,): max(||x||, eps) of each anchor row, then of each candidate row
+    row_stats: torch.Tensor       # (2, N): m_i and 1 / l_i over A(i)
+    n_valid: torch.Tensor         # (1,): anchors with a positive (the mean's divisor before its clamp)
+    weighted: torch.Tensor        # (S, N, D): per split of the candidates, O_i = sum_j P_ij c_j within it
+    split_weight: torch.Tensor    # (S, N): the weight of each split's O_i in the whole row's
+    candidate_grad_unit: torch.Tensor  # (M, D): the candidate gradient at unit row weights, where a backend
+                                       # computes it in the forward pass
 
 
-# Which backends compute candidate_grad_unit in forward (given unit weights), and keep bf16/fp16 operands.
-FOLDS_CANDIDATE_GRAD = {"torch": True, "triton": False}
-KEEPS_INPUT_DTYPE = {"torch": False, "triton": True}
+def empty(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return like.new_empty(0, dtype=dtype)

@@ -1,18 +1,27 @@
 """Triton kernels of the contrastive loss and their launchers (SPEC 6.4). No (N, M) buffer is ever written.
 
-Notation: a_i (N, D) and c_j (M, D) are the (normalised) operands, s_ij = scale * a_i . c_j with
-scale = 1/temperature, A(i) = { j : j = p_i, or group_j != group_i and label_j != label_{p_i} } the
-candidates in anchor i's sum, m_i = max_{j in A(i)} s_ij, l_i = sum_{j in A(i)} exp(s_ij - m_i),
-P_ij = exp(s_ij - m_i) / l_i on A(i), and loss_i = (m_i - s_{i p_i}) + log l_i.
+Notation: a_i (N, D) and c_j (M, D) are the raw inputs, r_i = max(||a_i||, eps) and q_j = max(||c_j||, eps)
+their norms (1 without normalisation), s_ij = scale * (a_i . c_j) / (r_i q_j) with scale = 1/temperature,
+A(i) = { j : j = p_i, or group_j != group_i and label_j != label_{p_i} } the candidates in anchor i's sum,
+m_i = max_{j in A(i)} s_ij, l_i = sum_{j in A(i)} exp(s_ij - m_i), P_ij = exp(s_ij - m_i) / l_i on A(i), and
+loss_i = (m_i - s_{i p_i}) + log l_i. The matrix products take the raw rows (bf16 stays bf16 on the tensor
+cores) and the norms scale the fp32 score tile: no normalised copy of either input is written.
 
-Two kernels, four matrix products in all (the S recomputation included):
-  forward  (anchor-major): m_i, l_i, s_{i p_i} and O_i = sum_j P_ij c_j, the softmax-weighted candidates.
-           With O the anchor gradient needs no second pass: dL/da_i = scale * w_i * (O_i - c_{p_i}).
-  backward (candidate-major): G_j = sum_i w_i (P_ij - [j = p_i]) a_i, so dL/dc_j = scale * G_j. Each program
-           owns its candidate rows and loops over anchors: no atomics, deterministic.
-Both grids may split their loop range over a second axis (partials combined in a fixed order by torch) to
-fill the GPU when N or M alone gives too few programs, and over a third axis of output-D chunks (the score
-block is then recomputed per chunk) so that a (BLOCK, BLOCK_D) fp32 accumulator fits in registers.
+Five launches per forward + backward, four matrix products in all (the S recomputation included):
+  norms     r_i and q_j, one pass over both inputs.
+  forward   (anchor-major): m_i, l_i, s_{i p_i} and O_i = sum_j P_ij c_j / q_j, the softmax-weighted
+            candidates. With O the anchor gradient needs no second pass over the candidates.
+  loss      one program: the splits' statistics merged, each row's loss (NaN for a positive index outside
+            [-1, M): the check costs no host sync), the sum or mean, and the number of valid anchors.
+  candidate (candidate-major): G_j = sum_i w_i (P_ij - [j = p_i]) a_i / r_i. Each program owns its candidate
+            rows and loops over anchors: no atomics, deterministic.
+  gradients one program per row: dL/da_i from O_i, c_{p_i} and w_i, dL/dc_j = scale G_j summed over the
+            splits, each through the normalisation's backward, written in the input's dtype.
+w_i, the upstream gradient of loss_i (grad_output per row, or the scalar one, over n_valid for the mean), is
+read inside the kernels. The forward and candidate grids may split their loop range over a second axis
+(partials merged in a fixed order by the loss and gradient kernels) to fill the GPU when N or M alone gives
+too few programs, and over a third axis of output-D chunks (the score block is then recomputed per chunk) so
+that a (BLOCK, BLOCK_D) fp32 accumulator fits in registers.
 """
 from __future__ import annotations
 
@@ -20,14 +29,16 @@ import torch
 import triton
 import triton.language as tl
 
-from retailsim.ops.contrastive_loss.contract import AnchorStats
+from retailsim.ops.contrastive_loss.contract import Saved, empty
 
-KEEPS_INPUT_DTYPE = True  # bf16/fp16 operands go to tl.dot as they are; accumulation is fp32
+
 
 # Kernels may read module globals only when they are constexpr.
 LOG2E = tl.constexpr(1.4426950408889634)
 # Finite running-max start: a block with no allowed candidate then gives exp2(-inf) = 0, not NaN.
 M_INIT = tl.constexpr(-1.0e30)
+NORM_EPS = 1e-12  # as F.normalize: x / max(||x||, eps)
+REDUCTION_CODES = {"mean": 0, "sum": 1, "none": 2}
 
 
 @triton.jit
@@ -41,19 +52,41 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _score_tile(b_scores, p_a_rows, p_c_rows, o_k, m_n, m_m, D, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+def _score_tile(p_a_rows, p_c_rows, o_k, m_n, m_m, b_row_scale, b_inv_c, D, ACC: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
                 UPCAST: tl.constexpr):
-    """b_scores + A_tile C_tile^T over D in chunks of BLOCK_K (rows of A at p_a_rows, of C at p_c_rows).
+    """s = (A_tile C_tile^T) * (scale / r_i) * (1 / q_j) over D in chunks of BLOCK_K (rows of A at p_a_rows,
+    of C at p_c_rows; b_row_scale = scale / r_i, b_inv_c = 1 / q_j).
 
-    Every kernel recomputes its scores through this one loop, so a backward's s_ij are the forward's floats
+    Every kernel computes its scores through this one function, so a backward's s_ij are the forward's floats
     bit for bit (P_ip = exp(s_ip - m_i) / l_i stays exactly 1 / l_i for a confident anchor)."""
+    b_scores = tl.zeros([BLOCK_N, BLOCK_M], dtype=ACC)
     for start_k in range(0, D, BLOCK_K):
         o_kk = start_k + o_k
         m_k = o_kk < D
         b_a = tl.load(p_a_rows + o_kk[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
         b_c = tl.load(p_c_rows + o_kk[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
         b_scores += _dot(b_a, tl.trans(b_c), PRECISION, UPCAST)
-    return b_scores
+    return b_scores * b_row_scale[:, None] * b_inv_c[None, :]
+
+
+@triton.jit
+def _inverse_norms(norm_ptr, o_r, m_r, NORMALIZE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """1 / max(||x||, eps) of rows o_r (1 without normalisation)."""
+    if NORMALIZE:
+        return 1.0 / tl.load(norm_ptr + o_r, mask=m_r, other=1.0).to(ACC)
+    return tl.full([BLOCK], 1.0, dtype=ACC)
+
+
+@triton.jit
+def _row_weights(grad_ptr, grad_stride, n_valid_ptr, b_positive, o_r, m_r, M, ACC: tl.constexpr,
+                 MEAN: tl.constexpr):
+    """w_i: the upstream gradient of loss_i (per row, or the scalar one read with stride 0), over the number of
+    valid anchors for the mean; 0 for an anchor without a positive."""
+    b_grad = tl.load(grad_ptr + o_r * grad_stride, mask=m_r, other=0.0).to(ACC)
+    if MEAN:
+        b_grad = b_grad / tl.maximum(tl.load(n_valid_ptr).to(ACC), 1.0)
+    return tl.where((b_positive >= 0) & (b_positive < M), b_grad, 0.0)
 
 
 @triton.jit
@@ -70,27 +103,52 @@ def _allowed_tile(o_m, m_m, b_positive, b_anchor_group, b_candidate_group, b_pos
     return (b_keep | b_is_positive) & m_m[None, :] & (b_positive >= 0)[:, None], b_is_positive
 
 
+@triton.jit(do_not_specialize=["N", "M"])
+def _contrastive_norm_kernel(a_ptr, c_ptr, norm_ptr, N, M, D, stride_a, stride_c, eps,
+                             BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """max(||x||, eps) of BLOCK_R rows of the stacked [anchors; candidates] (rows past N read candidates).
+    Grid: (cdiv(N + M, BLOCK_R),)."""
+    acc_dtype = norm_ptr.dtype.element_ty
+    o_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    m_a = o_r < N
+    m_c = (o_r >= N) & (o_r < N + M)
+    p_a_rows = a_ptr + tl.where(m_a, o_r, 0).to(tl.int64)[:, None] * stride_a
+    p_c_rows = c_ptr + tl.where(m_c, o_r - N, 0).to(tl.int64)[:, None] * stride_c
+    o_k = tl.arange(0, BLOCK_K)
+    b_squares = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc_dtype)
+    for start_k in range(0, D, BLOCK_K):
+        o_kk = start_k + o_k
+        m_k = (o_kk < D)[None, :]
+        b_x = tl.load(p_a_rows + o_kk[None, :], mask=m_a[:, None] & m_k, other=0.0).to(acc_dtype) \
+            + tl.load(p_c_rows + o_kk[None, :], mask=m_c[:, None] & m_k, other=0.0).to(acc_dtype)
+        b_squares += b_x * b_x
+    tl.store(norm_ptr + o_r, tl.maximum(tl.sqrt(tl.sum(b_squares, axis=1)), eps), mask=o_r < N + M)
+
+
 @triton.jit(do_not_specialize=["N", "M", "blocks_per_split"])
 def _contrastive_fwd_kernel(
-    a_ptr, c_ptr, positive_ptr, anchor_group_ptr, candidate_group_ptr, candidate_label_ptr, positive_label_ptr,
-    row_max_ptr, row_sum_ptr, positive_score_ptr, weighted_ptr,
+    a_ptr, c_ptr, norm_ptr, positive_ptr, anchor_group_ptr, candidate_group_ptr, candidate_label_ptr,
+    stats_ptr, weighted_ptr,
     N, M, D, stride_a, stride_c, blocks_per_split, scale,
-    HAS_LABEL: tl.constexpr, WANT_WEIGHTED: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    NORMALIZE: tl.constexpr, HAS_LABEL: tl.constexpr, WANT_WEIGHTED: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Online log-sum-exp over candidate blocks for one block of anchors.
 
     Computes, for anchors i of block program_id(0) and candidates j of split program_id(1):
       m_i, l_i  running max of s_ij and sum of exp(s_ij - m_i) over j in A(i)  (flash-attention recurrence)
-      O_i       running sum of exp(s_ij - m_i) c_j[d-chunk program_id(2)], rescaled as m_i grows
+      O_i       running sum of exp(s_ij - m_i) c_j / q_j [d-chunk program_id(2)], rescaled as m_i grows
       s_{i p_i} picked out of the score block where j = p_i (exactly one split sees it)
-    and writes, per split, m (M_INIT, l = 0 when the split holds nothing of A(i)), l, O / l and the positive
-    score. m stays in natural units (not log2) so that loss_i = (m_i - s_ip) + log l_i is exact to rounding of
-    log l_i: for a confident anchor m_i and s_ip are the same float, and no cancellation of two large LSE terms
-    happens. Grid: (cdiv(N, BLOCK_N), splits, cdiv(D, BLOCK_D) if WANT_WEIGHTED else 1).
+    and writes, per split, m (M_INIT, l = 0 when the split holds nothing of A(i)), l and the positive score
+    into stats (3, splits, N), and O / l into weighted (splits, N, D). m stays in natural units (not log2) so
+    that loss_i = (m_i - s_ip) + log l_i is exact to rounding of log l_i: for a confident anchor m_i and s_ip
+    are the same float, and no cancellation of two large LSE terms happens.
+    Grid: (cdiv(N, BLOCK_N), splits, cdiv(D, BLOCK_D) if WANT_WEIGHTED else 1).
     """
     i_n, i_s, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    acc_dtype = row_sum_ptr.dtype.element_ty
+    n_splits = tl.num_programs(1)
+    acc_dtype = stats_ptr.dtype.element_ty
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     o_k = tl.arange(0, BLOCK_K)
@@ -101,7 +159,9 @@ def _contrastive_fwd_kernel(
     b_anchor_group = tl.load(anchor_group_ptr + o_n, mask=m_n, other=0)
     b_positive_label = b_positive  # stand-in, not read without labels
     if HAS_LABEL:
-        b_positive_label = tl.load(positive_label_ptr + o_n, mask=m_n, other=0)
+        b_safe = tl.where((b_positive >= 0) & (b_positive < M), b_positive, 0)
+        b_positive_label = tl.load(candidate_label_ptr + b_safe, mask=m_n, other=0)
+    b_row_scale = scale * _inverse_norms(norm_ptr, o_n, m_n, NORMALIZE, acc_dtype, BLOCK_N)
     p_a_rows = a_ptr + o_n.to(tl.int64)[:, None] * stride_a
 
     b_max = tl.full([BLOCK_N], M_INIT, dtype=acc_dtype)
@@ -115,8 +175,9 @@ def _contrastive_fwd_kernel(
         o_m = start_m + tl.arange(0, BLOCK_M)
         m_m = o_m < M
         p_c_rows = c_ptr + o_m.to(tl.int64)[:, None] * stride_c
-        b_scores = _score_tile(tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_dtype), p_a_rows, p_c_rows, o_k, m_n, m_m, D,
-                               BLOCK_K, PRECISION, UPCAST) * scale
+        b_inv_c = _inverse_norms(norm_ptr + N, o_m, m_m, NORMALIZE, acc_dtype, BLOCK_M)
+        b_scores = _score_tile(p_a_rows, p_c_rows, o_k, m_n, m_m, b_row_scale, b_inv_c, D, acc_dtype,
+                               BLOCK_N, BLOCK_M, BLOCK_K, PRECISION, UPCAST)
 
         b_candidate_group = tl.load(candidate_group_ptr + o_m, mask=m_m, other=0)
         b_candidate_label = b_candidate_group  # stand-in, not read without labels
@@ -133,35 +194,97 @@ def _contrastive_fwd_kernel(
         b_positive_score += tl.sum(tl.where(b_is_positive & m_m[None, :], b_scores, 0.0), axis=1)
         if WANT_WEIGHTED:
             b_c_out = tl.load(p_c_rows + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)
-            b_weighted = b_weighted * b_rescale[:, None] + _dot(b_p.to(b_c_out.dtype), b_c_out, PRECISION, UPCAST)
+            b_p_unit = b_p * b_inv_c[None, :]   # P against the unit candidates c_j / q_j
+            b_weighted = b_weighted * b_rescale[:, None] + _dot(b_p_unit.to(b_c_out.dtype), b_c_out, PRECISION,
+                                                                UPCAST)
         b_max = b_max_new
 
     o_part = i_s.to(tl.int64) * N + o_n
     if i_d == 0:  # every D-chunk computed the same m and l; the first one writes them
-        tl.store(row_max_ptr + o_part, b_max, mask=m_n)
-        tl.store(row_sum_ptr + o_part, b_sum, mask=m_n)
-        tl.store(positive_score_ptr + o_part, b_positive_score, mask=m_n)
+        tl.store(stats_ptr + o_part, b_max, mask=m_n)
+        tl.store(stats_ptr + n_splits * N + o_part, b_sum, mask=m_n)
+        tl.store(stats_ptr + 2 * n_splits * N + o_part, b_positive_score, mask=m_n)
     if WANT_WEIGHTED:
         b_weighted = b_weighted / tl.where(b_sum > 0, b_sum, 1.0)[:, None]
         p_weighted = weighted_ptr + o_part[:, None] * D + o_d[None, :]
         tl.store(p_weighted, b_weighted, mask=m_n[:, None] & m_d[None, :])
 
 
+@triton.jit(do_not_specialize=["N", "M", "n_splits"])
+def _contrastive_loss_kernel(
+    stats_ptr, positive_ptr, row_stats_ptr, split_weight_ptr, loss_ptr, n_valid_ptr, N, M, n_splits,
+    REDUCTION: tl.constexpr, WANT_SPLIT_WEIGHT: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """One program, rows in order (deterministic): the splits' (m, l, s_ip) merged into each row's m and 1 / l
+    (row_stats (2, N)), each split's weight l_s exp(m_s - m) / l in the row's O (split_weight (splits, N)),
+    loss_i = (m_i - s_ip) + log l_i (0 for an ignored anchor, NaN for a positive index outside [-1, M)), and
+    the loss: per row (REDUCTION 2), their sum (1) or their mean over the valid anchors (0, 0 when none);
+    n_valid counts the anchors with a positive (out-of-range ones included, so that their NaN reaches the
+    mean). Grid: (1,)."""
+    acc_dtype = row_stats_ptr.dtype.element_ty
+    o_r = tl.arange(0, BLOCK_R)
+    b_total = tl.zeros([BLOCK_R], dtype=acc_dtype)
+    b_count = tl.zeros([BLOCK_R], dtype=tl.int32)
+    for start in range(0, N, BLOCK_R):
+        o_n = start + o_r
+        m_n = o_n < N
+        b_positive = tl.load(positive_ptr + o_n, mask=m_n, other=-1)
+        b_valid = (b_positive >= 0) & (b_positive < M)
+        b_bad = m_n & ((b_positive < -1) | (b_positive >= M))
+        b_max = tl.full([BLOCK_R], M_INIT, dtype=acc_dtype)
+        b_sum = tl.zeros([BLOCK_R], dtype=acc_dtype)
+        b_positive_score = tl.zeros([BLOCK_R], dtype=acc_dtype)
+        for i_s in range(0, n_splits):   # online merge; a split without any of A(i) has m = M_INIT, l = 0
+            b_split_max = tl.load(stats_ptr + i_s * N + o_n, mask=m_n, other=M_INIT)
+            b_max_new = tl.maximum(b_max, b_split_max)
+            b_sum = b_sum * tl.exp(b_max - b_max_new) \
+                + tl.load(stats_ptr + (n_splits + i_s) * N + o_n, mask=m_n, other=0.0) * tl.exp(b_split_max - b_max_new)
+            b_positive_score += tl.load(stats_ptr + (2 * n_splits + i_s) * N + o_n, mask=m_n, other=0.0)
+            b_max = b_max_new
+        b_sum = tl.where(b_valid, b_sum, 1.0)
+        b_max = tl.where(b_valid, b_max, 0.0)
+        b_inv_sum = 1.0 / b_sum
+        tl.store(row_stats_ptr + o_n, b_max, mask=m_n)
+        tl.store(row_stats_ptr + N + o_n, b_inv_sum, mask=m_n)
+        if WANT_SPLIT_WEIGHT:
+            for i_s in range(0, n_splits):
+                b_split_max = tl.load(stats_ptr + i_s * N + o_n, mask=m_n, other=M_INIT)
+                b_split_sum = tl.load(stats_ptr + (n_splits + i_s) * N + o_n, mask=m_n, other=0.0)
+                tl.store(split_weight_ptr + i_s * N + o_n,
+                         tl.where(b_valid, b_split_sum * tl.exp(b_split_max - b_max) * b_inv_sum, 0.0), mask=m_n)
+        b_loss = tl.where(b_valid, (b_max - b_positive_score) + tl.log(b_sum), 0.0)
+        b_loss = tl.where(b_bad, float("nan"), b_loss)
+        if REDUCTION == 2:
+            tl.store(loss_ptr + o_n, b_loss.to(loss_ptr.dtype.element_ty), mask=m_n)
+        else:
+            b_total += b_loss
+            b_count += (b_valid | b_bad).to(tl.int32)
+    n_valid = tl.sum(b_count, axis=0)
+    if REDUCTION != 2:
+        total = tl.sum(b_total, axis=0)
+        if REDUCTION == 0:
+            total = total / tl.maximum(n_valid, 1).to(acc_dtype)
+        tl.store(loss_ptr, total.to(loss_ptr.dtype.element_ty))
+    tl.store(n_valid_ptr, n_valid.to(acc_dtype))
+
+
 @triton.jit(do_not_specialize=["N", "M", "blocks_per_split"])
 def _contrastive_bwd_candidate_kernel(
-    a_ptr, c_ptr, positive_ptr, anchor_group_ptr, candidate_group_ptr, candidate_label_ptr, positive_label_ptr,
-    row_max_ptr, inv_row_sum_ptr, row_weight_ptr, grad_ptr,
+    a_ptr, c_ptr, norm_ptr, positive_ptr, anchor_group_ptr, candidate_group_ptr, candidate_label_ptr,
+    row_stats_ptr, grad_loss_ptr, grad_stride, n_valid_ptr, grad_ptr,
     N, M, D, stride_a, stride_c, blocks_per_split, scale,
-    HAS_LABEL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    NORMALIZE: tl.constexpr, HAS_LABEL: tl.constexpr, MEAN: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
-    """Candidate gradient by recomputation: G_j = sum_i dS_ij a_i with dS_ij = w_i (P_ij - [j = p_i]).
+    """Candidate gradient by recomputation: G_j = sum_i dS_ij a_i / r_i with dS_ij = w_i (P_ij - [j = p_i]).
 
     Derivation: L = sum_i w_i loss_i (w_i = upstream gradient times the reduction's weight, 0 for ignored
-    anchors); d loss_i / d s_ij = P_ij - [j = p_i] on A(i) and 0 elsewhere; s_ij = scale a_i . c_j, so
-    dL/dc_j = scale * G_j (the launcher's caller applies scale). P_ij = exp(s_ij - m_i) / l_i comes from
-    the forward's stored m_i and 1 / l_i, so one pass suffices. Grid: (cdiv(M, BLOCK_M), splits over anchor blocks,
-    cdiv(D, BLOCK_D)); each program writes its own rows of its split's partial G, never another's.
+    anchors); d loss_i / d s_ij = P_ij - [j = p_i] on A(i) and 0 elsewhere; s_ij = scale (a_i / r_i).(c_j / q_j),
+    so dL/d(c_j / q_j) = scale * G_j (the gradient kernel applies scale and the normalisation's backward).
+    P_ij = exp(s_ij - m_i) / l_i comes from the loss kernel's merged m_i and 1 / l_i, so one pass suffices.
+    Grid: (cdiv(M, BLOCK_M), splits over anchor blocks, cdiv(D, BLOCK_D)); each program writes its own rows
+    of its split's partial G, never another's.
     """
     i_m, i_s, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     acc_dtype = grad_ptr.dtype.element_ty
@@ -175,6 +298,7 @@ def _contrastive_bwd_candidate_kernel(
     b_candidate_label = b_candidate_group  # stand-in, not read without labels
     if HAS_LABEL:
         b_candidate_label = tl.load(candidate_label_ptr + o_m, mask=m_m, other=0)
+    b_inv_c = _inverse_norms(norm_ptr + N, o_m, m_m, NORMALIZE, acc_dtype, BLOCK_M)
     p_c_rows = c_ptr + o_m.to(tl.int64)[:, None] * stride_c
     b_grad = tl.zeros([BLOCK_M, BLOCK_D], dtype=acc_dtype)
 
@@ -186,23 +310,26 @@ def _contrastive_bwd_candidate_kernel(
         p_a_rows = a_ptr + o_n.to(tl.int64)[:, None] * stride_a
         b_positive = tl.load(positive_ptr + o_n, mask=m_n, other=-1)
         b_anchor_group = tl.load(anchor_group_ptr + o_n, mask=m_n, other=0)
-        b_row_max = tl.load(row_max_ptr + o_n, mask=m_n, other=0.0)
-        b_inv_row_sum = tl.load(inv_row_sum_ptr + o_n, mask=m_n, other=0.0)
-        b_row_weight = tl.load(row_weight_ptr + o_n, mask=m_n, other=0.0)
+        b_row_max = tl.load(row_stats_ptr + o_n, mask=m_n, other=0.0)
+        b_inv_row_sum = tl.load(row_stats_ptr + N + o_n, mask=m_n, other=0.0)
+        b_row_weight = _row_weights(grad_loss_ptr, grad_stride, n_valid_ptr, b_positive, o_n, m_n, M, acc_dtype,
+                                    MEAN)
+        b_inv_a = _inverse_norms(norm_ptr, o_n, m_n, NORMALIZE, acc_dtype, BLOCK_N)
 
-        b_scores = _score_tile(tl.zeros([BLOCK_N, BLOCK_M], dtype=acc_dtype), p_a_rows, p_c_rows, o_k, m_n, m_m, D,
-                               BLOCK_K, PRECISION, UPCAST) * scale
+        b_scores = _score_tile(p_a_rows, p_c_rows, o_k, m_n, m_m, scale * b_inv_a, b_inv_c, D, acc_dtype,
+                               BLOCK_N, BLOCK_M, BLOCK_K, PRECISION, UPCAST)
 
         b_positive_label = b_positive  # stand-in, not read without labels
         if HAS_LABEL:
-            b_positive_label = tl.load(positive_label_ptr + o_n, mask=m_n, other=0)
+            b_safe = tl.where((b_positive >= 0) & (b_positive < M), b_positive, 0)
+            b_positive_label = tl.load(candidate_label_ptr + b_safe, mask=m_n, other=0)
         b_allowed, b_is_positive = _allowed_tile(o_m, m_m, b_positive, b_anchor_group, b_candidate_group,
                                                  b_positive_label, b_candidate_label, HAS_LABEL)
 
         # Masked before the exponent: a disallowed candidate may score far above the row's max (exp2 overflows
         # to inf, and inf * 0 on a padding row is NaN); exp2(-inf) = 0 keeps every lane finite.
         b_p = tl.exp2(tl.where(b_allowed, b_scores - b_row_max[:, None], float("-inf")) * LOG2E) * b_inv_row_sum[:, None]
-        b_d_scores = b_row_weight[:, None] * (b_p - tl.where(b_is_positive, 1.0, 0.0))
+        b_d_scores = (b_row_weight * b_inv_a)[:, None] * (b_p - tl.where(b_is_positive, 1.0, 0.0))
         b_a_out = tl.load(p_a_rows + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
         b_grad += _dot(tl.trans(b_d_scores.to(b_a_out.dtype)), b_a_out, PRECISION, UPCAST)
 
@@ -210,11 +337,68 @@ def _contrastive_bwd_candidate_kernel(
     tl.store(p_grad, b_grad, mask=m_m[:, None] & m_d[None, :])
 
 
+@triton.jit(do_not_specialize=["N", "M", "splits_a", "splits_c", "anchor_rows"])
+def _contrastive_grad_kernel(
+    a_ptr, c_ptr, norm_ptr, positive_ptr, grad_loss_ptr, grad_stride, n_valid_ptr, weighted_ptr, split_weight_ptr,
+    candidate_part_ptr, grad_a_ptr, grad_c_ptr,
+    N, M, D, stride_a, stride_c, splits_a, splits_c, scale, anchor_rows, eps,
+    NORMALIZE: tl.constexpr, MEAN: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One row's gradient, in the input's dtype. Rows below anchor_rows (N, or 0 when the anchors need none)
+    are anchors: dL/du_i = scale w_i (O_i - c_{p_i} / q_{p_i}), O_i merged over the forward's splits with the
+    loss kernel's weights; the others candidates: dL/dv_j = scale sum_s G_j^(s). Either goes through the
+    normalisation's backward, d/dx of u = x / max(||x||, eps): (g - u (u . g)) / ||x||, g / eps below eps
+    (g unchanged without normalisation). Grid: (anchor_rows + M or anchor_rows,)."""
+    acc_dtype = n_valid_ptr.dtype.element_ty
+    i_r = tl.program_id(0).to(tl.int64)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+    if i_r < anchor_rows:
+        b_positive = tl.load(positive_ptr + i_r)
+        b_safe = tl.where((b_positive >= 0) & (b_positive < M), b_positive, 0)
+        b_weight = tl.load(grad_loss_ptr + i_r * grad_stride).to(acc_dtype)
+        if MEAN:
+            b_weight = b_weight / tl.maximum(tl.load(n_valid_ptr).to(acc_dtype), 1.0)
+        b_weight = tl.where((b_positive >= 0) & (b_positive < M), b_weight, 0.0)
+        b_weighted = tl.zeros([BLOCK_D], dtype=acc_dtype)
+        for i_s in range(0, splits_a):
+            b_weighted += tl.load(split_weight_ptr + i_s * N + i_r) \
+                * tl.load(weighted_ptr + (i_s * N + i_r) * D + o_d, mask=m_d, other=0.0)
+        b_inv_positive = 1.0
+        if NORMALIZE:
+            b_inv_positive = 1.0 / tl.load(norm_ptr + N + b_safe).to(acc_dtype)
+        b_positive_row = tl.load(c_ptr + b_safe * stride_c + o_d, mask=m_d, other=0.0).to(acc_dtype)
+        b_g = (scale * b_weight) * (b_weighted - b_positive_row * b_inv_positive)
+        p_x = a_ptr + i_r * stride_a
+        i_norm = i_r
+        p_out = grad_a_ptr + i_r * D
+    else:
+        i_c = i_r - anchor_rows
+        b_g = tl.zeros([BLOCK_D], dtype=acc_dtype)
+        for i_s in range(0, splits_c):
+            b_g += tl.load(candidate_part_ptr + (i_s * M + i_c) * D + o_d, mask=m_d, other=0.0)
+        b_g = scale * b_g
+        p_x = c_ptr + i_c * stride_c
+        i_norm = N + i_c
+        p_out = grad_c_ptr + i_c * D
+    if NORMALIZE:
+        norm = tl.load(norm_ptr + i_norm).to(acc_dtype)
+        b_unit = tl.load(p_x + o_d, mask=m_d, other=0.0).to(acc_dtype) / norm
+        radial = tl.where(norm > eps, tl.sum(b_unit * b_g, axis=0), 0.0)
+        b_g = (b_g - b_unit * radial) / norm
+    tl.store(p_out + o_d, b_g.to(p_out.dtype.element_ty), mask=m_d)
+
+
 # --------------------------------------------------------------------------------------------- launchers
 
 # Tile shapes by operand kind. Under the interpreter (CPU tests) small tiles keep numpy fast and exercise the
-# masks; tests may replace this dict's entries through ``config_override``.
-_INTERPRET_CONFIG = dict(BLOCK_N=16, BLOCK_M=32, BLOCK_K=16, BLOCK_D=32, num_warps=4, num_stages=1, splits=None)
+# masks; tests may replace this dict's shared entries through ``config_override``. The row kernels' own
+# entries are keyed by kernel name.
+_INTERPRET_CONFIG = dict(BLOCK_N=16, BLOCK_M=32, BLOCK_K=16, BLOCK_D=32, num_warps=4, num_stages=1, splits=None,
+                         _contrastive_norm_kernel=dict(BLOCK_R=4, BLOCK_K=16, num_warps=4),
+                         _contrastive_loss_kernel=dict(BLOCK_R=16, num_warps=4))
+_ROW_KERNELS = dict(_contrastive_norm_kernel=dict(BLOCK_R=8, BLOCK_K=128, num_warps=4),
+                    _contrastive_loss_kernel=dict(BLOCK_R=1024, num_warps=4))
 _CUDA_CONFIG = {
     # H100 sweep at 4096 x 4096 x 512 bf16 (triton 3.6), fwd+bwd: 64 x 64 tiles, 4 warps, D in chunks of 256
     # was the best of eight tile shapes (2.0 ms; eager 2.3 ms); all of them spill registers (255 regs).
@@ -240,19 +424,29 @@ class config_override:
         _override.update(self.previous)
 
 
+def _grad_warps(block_d: int) -> int:
+    """Warps of the one-row gradient kernel: about eight values of the row per thread."""
+    return max(1, min(16, block_d // 256))
+
+
 def config_for(shape: tuple, dtype: torch.dtype, arch: str | None) -> dict:
     """The tile shapes and warps for (N, M, D) operands of ``dtype``: ``arch`` None means the interpreter
-    (CPU tensors), any CUDA arch the CUDA table (one for every arch today), with ``config_override`` on top."""
+    (CPU tensors), any CUDA arch the CUDA table (one for every arch today), with ``config_override`` on top;
+    the norm, loss and gradient kernels under their own names."""
     dim = shape[2]
     if arch is None:
-        config = dict(_INTERPRET_CONFIG)
+        config = {k: dict(v) if isinstance(v, dict) else v for k, v in _INTERPRET_CONFIG.items()}
     else:
         kind = "float64" if dtype == torch.float64 else ("float32" if dtype == torch.float32 else "half")
-        config = dict(_CUDA_CONFIG[kind])
+        config = {**_CUDA_CONFIG[kind], **{k: dict(v) for k, v in _ROW_KERNELS.items()}}
     config.update(_override)
     # A chunk of D wider than D itself only pads: shrink it to the power of two covering D (>= 16 for tl.dot).
     config["BLOCK_D"] = min(config["BLOCK_D"], max(16, triton.next_power_of_2(dim)))
     config["BLOCK_K"] = min(config["BLOCK_K"], max(16, triton.next_power_of_2(dim)))
+    norm = config["_contrastive_norm_kernel"]
+    norm["BLOCK_K"] = min(norm["BLOCK_K"], triton.next_power_of_2(max(dim, 1)))
+    whole_row = triton.next_power_of_2(max(dim, 1))
+    config["_contrastive_grad_kernel"] = dict(BLOCK_D=whole_row, num_warps=_grad_warps(whole_row))
     return config
 
 
@@ -288,86 +482,148 @@ def _split_plan(config, programs, loop_length, block, device):
     return triton.cdiv(loop_blocks, blocks_per_split), blocks_per_split
 
 
-def _arch(operand: torch.Tensor) -> str | None:
-    if operand.device.type != "cuda":
+def _arch(device: torch.device) -> str | None:
+    if device.type != "cuda":
         return None
-    major, minor = torch.cuda.get_device_capability(operand.device)
+    major, minor = torch.cuda.get_device_capability(device)
     return f"sm_{major}{minor}"
 
 
-def forward(*, a_op, c_op, index, scale: float, want_anchor_grad: bool, unit_weight=None) -> AnchorStats:
-    """Per anchor: max m_i and sum l_i of the allowed scores (m = M_INIT, l = 0 where ignored), the positive
-    score and, if asked, O_i = sum_j P_ij c_j. The candidate gradient always needs the second kernel (a row
-    of P is only known once the anchor's whole loop is done), so ``unit_weight`` is not used here.
-    """
-    num_anchors, dim = a_op.shape
-    num_candidates = c_op.shape[0]
-    acc_dtype = torch.float64 if a_op.dtype == torch.float64 else torch.float32
-    config = config_for((num_anchors, num_candidates, dim), a_op.dtype, _arch(a_op))
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _io_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """Kernels write the loss and the gradients in the input's dtype on the GPU. The interpreter (CPU tensors)
+    truncates float32 to bfloat16 instead of rounding, so there they write the work dtype and torch rounds."""
+    return dtype if device.type == "cuda" else _work_dtype(dtype)
+
+
+def _forward_plan(num_anchors, num_candidates, dim, dtype, device, want_anchor_grad):
+    """(config, (anchor blocks, splits, D-chunks), blocks per split) of the forward kernel."""
+    config = config_for((num_anchors, num_candidates, dim), dtype, _arch(device))
     anchor_blocks = triton.cdiv(num_anchors, config["BLOCK_N"])
     d_chunks = triton.cdiv(dim, config["BLOCK_D"]) if want_anchor_grad else 1
-    splits, blocks_per_split = _split_plan(config, anchor_blocks * d_chunks, num_candidates,
-                                           config["BLOCK_M"], a_op.device)
-    row_max, row_sum, positive_score = torch.empty(3, splits, num_anchors, device=a_op.device,
-                                                   dtype=acc_dtype)                               # (S, N) each
-    weighted = (torch.empty(splits, num_anchors, dim, device=a_op.device, dtype=acc_dtype)       # (S, N, D)
-                if want_anchor_grad else row_sum)
+    splits, blocks_per_split = _split_plan(config, anchor_blocks * d_chunks, num_candidates, config["BLOCK_M"],
+                                           device)
+    return config, (anchor_blocks, splits, d_chunks), blocks_per_split
+
+
+def saved_shapes(num_anchors, num_candidates, dim, dtype, device, normalize, reduction, want_anchor_grad,
+                 want_candidate_grad) -> Saved:
+    splits = _forward_plan(num_anchors, num_candidates, dim, dtype, device, want_anchor_grad)[1][1]
+    return Saved(norms=(num_anchors + num_candidates,) if normalize else (0,), row_stats=(2, num_anchors), n_valid=(1,),
+                 weighted=(splits, num_anchors, dim) if want_anchor_grad else (0,),
+                 split_weight=(splits, num_anchors) if want_anchor_grad else (0,), candidate_grad_unit=(0,))
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x with unit stride along D (the kernels take any row stride)."""
+    return x if x.stride(1) == 1 else x.contiguous()
+
+
+def _labels(index):
+    """(HAS_LABEL, the label pointer or a stand-in)."""
     has_label = index.candidate_label is not None
+    return has_label, index.candidate_label if has_label else index.candidate_group
+
+
+def forward(*, anchors, candidates, index, scale: float, normalize: bool, reduction: str,
+            want_anchor_grad: bool, want_candidate_grad: bool):
+    """The loss and the Saved of contract.py, in three launches: norms (when normalising), the forward
+    kernel, the loss kernel."""
+    a, c = _rows(anchors), _rows(candidates)
+    num_anchors, dim = a.shape
+    num_candidates = c.shape[0]
+    work = _work_dtype(a.dtype)
+    device = a.device
+    config, grid, blocks_per_split = _forward_plan(num_anchors, num_candidates, dim, a.dtype, device,
+                                                   want_anchor_grad)
+    splits = grid[1]
+    norms = torch.empty(num_anchors + num_candidates if normalize else 0, dtype=work, device=device)
+    if normalize:
+        norm = config["_contrastive_norm_kernel"]
+        _contrastive_norm_kernel[(triton.cdiv(num_anchors + num_candidates, norm["BLOCK_R"]),)](
+            a_ptr=a, c_ptr=c, norm_ptr=norms, N=num_anchors, M=num_candidates, D=dim, stride_a=a.stride(0),
+            stride_c=c.stride(0), eps=NORM_EPS, BLOCK_R=norm["BLOCK_R"], BLOCK_K=norm["BLOCK_K"],
+            num_warps=norm["num_warps"])
+    stats = torch.empty(3, splits, num_anchors, dtype=work, device=device)     # m, l, s_ip per split
+    weighted = torch.empty((splits, num_anchors, dim) if want_anchor_grad else 0, dtype=work, device=device)
+    has_label, label = _labels(index)
     if num_anchors > 0:
-        _contrastive_fwd_kernel[(anchor_blocks, splits, d_chunks)](
-            a_ptr=a_op, c_ptr=c_op, positive_ptr=index.positive_index, anchor_group_ptr=index.anchor_group,
-            candidate_group_ptr=index.candidate_group,
-            candidate_label_ptr=index.candidate_label if has_label else index.candidate_group,
-            positive_label_ptr=index.positive_label if has_label else index.anchor_group,
-            row_max_ptr=row_max, row_sum_ptr=row_sum, positive_score_ptr=positive_score, weighted_ptr=weighted,
-            N=num_anchors, M=num_candidates, D=dim, stride_a=a_op.stride(0), stride_c=c_op.stride(0),
+        _contrastive_fwd_kernel[grid](
+            a_ptr=a, c_ptr=c, norm_ptr=norms if normalize else stats, positive_ptr=index.positive_index,
+            anchor_group_ptr=index.anchor_group, candidate_group_ptr=index.candidate_group,
+            candidate_label_ptr=label, stats_ptr=stats, weighted_ptr=weighted if want_anchor_grad else stats,
+            N=num_anchors, M=num_candidates, D=dim, stride_a=a.stride(0), stride_c=c.stride(0),
             blocks_per_split=blocks_per_split, scale=scale,
-            HAS_LABEL=has_label, WANT_WEIGHTED=want_anchor_grad, PRECISION=_precision(a_op), UPCAST=_upcast(a_op),
+            NORMALIZE=normalize, HAS_LABEL=has_label, WANT_WEIGHTED=want_anchor_grad, PRECISION=_precision(a),
+            UPCAST=_upcast(a), BLOCK_N=config["BLOCK_N"], BLOCK_M=config["BLOCK_M"], BLOCK_K=config["BLOCK_K"],
+            BLOCK_D=config["BLOCK_D"], num_warps=config["num_warps"], num_stages=config["num_stages"],
+        )
+    row_stats = torch.empty(2, num_anchors, dtype=work, device=device)
+    split_weight = torch.empty((splits, num_anchors) if want_anchor_grad else 0, dtype=work, device=device)
+    n_valid = torch.empty(1, dtype=work, device=device)
+    loss = torch.empty((num_anchors,) if reduction == "none" else (), dtype=_io_dtype(a.dtype, device),
+                       device=device)
+    rows = config["_contrastive_loss_kernel"]
+    _contrastive_loss_kernel[(1,)](
+        stats_ptr=stats, positive_ptr=index.positive_index, row_stats_ptr=row_stats,
+        split_weight_ptr=split_weight if want_anchor_grad else row_stats, loss_ptr=loss, n_valid_ptr=n_valid,
+        N=num_anchors, M=num_candidates, n_splits=splits, REDUCTION=REDUCTION_CODES[reduction],
+        WANT_SPLIT_WEIGHT=want_anchor_grad, BLOCK_R=rows["BLOCK_R"], num_warps=rows["num_warps"])
+    saved = Saved(norms, row_stats, n_valid, weighted, split_weight, empty(a, work))
+    return loss.to(anchors.dtype), saved
+
+
+def backward(*, grad_loss, anchors, candidates, index, scale: float, normalize: bool, reduction: str,
+             saved: Saved, want_anchor_grad: bool, want_candidate_grad: bool):
+    """(grad_anchors, grad_candidates) in two launches: the candidate kernel (when the candidates need a
+    gradient), then the one-row gradient kernel for every row that needs one."""
+    a, c = _rows(anchors), _rows(candidates)
+    num_anchors, dim = a.shape
+    num_candidates = c.shape[0]
+    work = saved.row_stats.dtype
+    device = a.device
+    config = config_for((num_anchors, num_candidates, dim), a.dtype, _arch(device))
+    grad_stride = grad_loss.stride(0) if grad_loss.dim() == 1 else 0
+    has_label, label = _labels(index)
+    norm_arg = saved.norms if normalize else saved.row_stats
+    mean = reduction == "mean"
+    part, splits_c = saved.row_stats, 0
+    if want_candidate_grad:
+        candidate_blocks = triton.cdiv(num_candidates, config["BLOCK_M"])
+        d_chunks = triton.cdiv(dim, config["BLOCK_D"])
+        splits_c, blocks_per_split = _split_plan(config, candidate_blocks * d_chunks, max(num_anchors, 1),
+                                                 config["BLOCK_N"], device)
+        part = torch.empty(splits_c, num_candidates, dim, dtype=work, device=device)      # (S, M, D)
+        _contrastive_bwd_candidate_kernel[(candidate_blocks, splits_c, d_chunks)](
+            a_ptr=a, c_ptr=c, norm_ptr=norm_arg, positive_ptr=index.positive_index,
+            anchor_group_ptr=index.anchor_group, candidate_group_ptr=index.candidate_group,
+            candidate_label_ptr=label, row_stats_ptr=saved.row_stats, grad_loss_ptr=grad_loss,
+            grad_stride=grad_stride, n_valid_ptr=saved.n_valid, grad_ptr=part,
+            N=num_anchors, M=num_candidates, D=dim, stride_a=a.stride(0), stride_c=c.stride(0),
+            blocks_per_split=blocks_per_split, scale=scale,
+            NORMALIZE=normalize, HAS_LABEL=has_label, MEAN=mean, PRECISION=_precision(a), UPCAST=_upcast(a),
             BLOCK_N=config["BLOCK_N"], BLOCK_M=config["BLOCK_M"], BLOCK_K=config["BLOCK_K"],
             BLOCK_D=config["BLOCK_D"], num_warps=config["num_warps"], num_stages=config["num_stages"],
         )
-    if splits == 1:
-        return AnchorStats(row_max[0], row_sum[0], positive_score[0], weighted[0] if want_anchor_grad else None, None)
-    # Merge the splits: a split holding none of A(i) has m = M_INIT and l = 0, so it weighs nothing.
-    total_max = row_max.max(dim=0).values                                                         # (N,)
-    split_sum = row_sum * torch.exp(row_max - total_max)                                          # (S, N)
-    total_sum = split_sum.sum(dim=0)                                                              # (N,)
-    weighted_total = None
-    if want_anchor_grad:  # accumulated split by split (fixed order, no (S, N, D) temporary)
-        split_weight = split_sum / torch.where(total_sum > 0, total_sum, torch.ones_like(total_sum))
-        weighted_total = weighted[0] * split_weight[0, :, None]                                   # (N, D)
-        for split in range(1, splits):
-            weighted_total.addcmul_(weighted[split], split_weight[split, :, None])
-    return AnchorStats(total_max, total_sum, positive_score.sum(dim=0), weighted_total, None)
-
-
-def candidate_grad(*, a_op, c_op, index, scale: float, row_max: torch.Tensor, row_sum: torch.Tensor,
-                   row_weight: torch.Tensor) -> torch.Tensor:
-    """(M, D): G_j = sum_i w_i (P_ij - [j = p_i]) a_i, in float32 (float64 for float64 operands)."""
-    num_anchors, dim = a_op.shape
-    num_candidates = c_op.shape[0]
-    acc_dtype = torch.float64 if a_op.dtype == torch.float64 else torch.float32
-    config = config_for((num_anchors, num_candidates, dim), a_op.dtype, _arch(a_op))
-    candidate_blocks = triton.cdiv(num_candidates, config["BLOCK_M"])
-    d_chunks = triton.cdiv(dim, config["BLOCK_D"])
-    splits, blocks_per_split = _split_plan(config, candidate_blocks * d_chunks, max(num_anchors, 1),
-                                           config["BLOCK_N"], a_op.device)
-    grad = torch.empty(splits, num_candidates, dim, device=a_op.device, dtype=acc_dtype)          # (S, M, D)
-    if num_anchors == 0:
-        return grad.zero_()[0]
-    has_label = index.candidate_label is not None
-    _contrastive_bwd_candidate_kernel[(candidate_blocks, splits, d_chunks)](
-        a_ptr=a_op, c_ptr=c_op, positive_ptr=index.positive_index, anchor_group_ptr=index.anchor_group,
-        candidate_group_ptr=index.candidate_group,
-        candidate_label_ptr=index.candidate_label if has_label else index.candidate_group,
-        positive_label_ptr=index.positive_label if has_label else index.anchor_group,
-        row_max_ptr=row_max.to(acc_dtype).contiguous(), inv_row_sum_ptr=(1.0 / row_sum).to(acc_dtype).contiguous(),
-        row_weight_ptr=row_weight.to(acc_dtype).contiguous(),
-        grad_ptr=grad,
-        N=num_anchors, M=num_candidates, D=dim, stride_a=a_op.stride(0), stride_c=c_op.stride(0),
-        blocks_per_split=blocks_per_split, scale=scale,
-        HAS_LABEL=has_label, PRECISION=_precision(a_op), UPCAST=_upcast(a_op),
-        BLOCK_N=config["BLOCK_N"], BLOCK_M=config["BLOCK_M"], BLOCK_K=config["BLOCK_K"],
-        BLOCK_D=config["BLOCK_D"], num_warps=config["num_warps"], num_stages=config["num_stages"],
-    )
-    return grad[0] if splits == 1 else grad.sum(dim=0)
+    out_dtype = _io_dtype(a.dtype, device)
+    grad_a = torch.empty((num_anchors, dim) if want_anchor_grad else 0, dtype=out_dtype, device=device)
+    grad_c = torch.empty((num_candidates, dim) if want_candidate_grad else 0, dtype=out_dtype, device=device)
+    anchor_rows = num_anchors if want_anchor_grad else 0
+    rows = anchor_rows + (num_candidates if want_candidate_grad else 0)
+    if rows > 0:
+        row = config["_contrastive_grad_kernel"]
+        _contrastive_grad_kernel[(rows,)](
+            a_ptr=a, c_ptr=c, norm_ptr=norm_arg, positive_ptr=index.positive_index, grad_loss_ptr=grad_loss,
+            grad_stride=grad_stride, n_valid_ptr=saved.n_valid,
+            weighted_ptr=saved.weighted if want_anchor_grad else saved.row_stats,
+            split_weight_ptr=saved.split_weight if want_anchor_grad else saved.row_stats,
+            candidate_part_ptr=part, grad_a_ptr=grad_a if want_anchor_grad else grad_c,
+            grad_c_ptr=grad_c if want_candidate_grad else grad_a,
+            N=num_anchors, M=num_candidates, D=dim, stride_a=a.stride(0), stride_c=c.stride(0),
+            splits_a=saved.weighted.shape[0] if want_anchor_grad else 0, splits_c=splits_c, scale=scale,
+            anchor_rows=anchor_rows, eps=NORM_EPS, NORMALIZE=normalize, MEAN=mean, BLOCK_D=row["BLOCK_D"],
+            num_warps=row["num_warps"])
+    return grad_a.to(anchors.dtype), grad_c.to(candidates.dtype)

@@ -19,7 +19,6 @@ EXCEPTIONS = {
     ("_selective_scan_bwd_kernel", "spills"): "register spill of the scan backward (issue 15: scan redesign)",
     ("_contrastive_fwd_kernel", "spills"): "255 registers at the tuned tiles (issue 16: contrastive redesign)",
     ("_contrastive_bwd_candidate_kernel", "spills"): "255 registers at the tuned tiles (issue 16)",
-    ("contrastive_loss", "launches"): "normalisation, masks and reductions in PyTorch around the kernels (issue 16)",
     ("linear_focal_loss", "launches"): "one matmul pair and focal kernel per row chunk (issue 16)",
 }
 

@@ -80,6 +80,19 @@ def _contrastive_bwd(args, grid) -> Cost:
                 loop_trips=(args["blocks_per_split"], math.ceil(d / args["BLOCK_K"])))
 
 
+def _contrastive_grad(args, grid) -> Cost:
+    """One row per program: the input row and the gradient row; an anchor row also reads its splits' O and its
+    positive's candidate row, a candidate row its splits' partial G."""
+    a = args["a_ptr"]
+    n, m, d = args["N"], args["M"], a.shape[1]
+    anchors = args["anchor_rows"]
+    candidates = grid[0] - anchors
+    work = _size(args["n_valid_ptr"])
+    row_bytes = d * (2 * _size(a))
+    return Cost(bytes_min=(anchors + candidates) * row_bytes + anchors * d * (args["splits_a"] * work + _size(a))
+                + candidates * d * args["splits_c"] * work, fp32_flops=6 * (anchors + candidates) * d)
+
+
 def cost(name: str, args: dict, grid: tuple) -> Cost | None:
     if name == "_selective_scan_fwd_kernel":
         return _scan(args, backward=False)
@@ -97,4 +110,18 @@ def cost(name: str, args: dict, grid: tuple) -> Cost | None:
         return _contrastive_fwd(args, grid)
     if name == "_contrastive_bwd_candidate_kernel":
         return _contrastive_bwd(args, grid)
+    if name == "_contrastive_norm_kernel":   # both inputs once, a norm per row out
+        a, c = args["a_ptr"], args["c_ptr"]
+        rows = a.shape[0] + c.shape[0]
+        return Cost(bytes_min=rows * a.shape[1] * _size(a) + rows * _size(args["norm_ptr"]),
+                    fp32_flops=2 * rows * a.shape[1], loop_trips=(math.ceil(a.shape[1] / args["BLOCK_K"]),))
+    if name == "_contrastive_loss_kernel":   # one program: the splits' (m, l, s_ip) in, row stats out
+        n, splits = args["N"], args["n_splits"]
+        work = _size(args["row_stats_ptr"])
+        blocks = math.ceil(n / args["BLOCK_R"])
+        merges = ((2, blocks * splits),) * (2 if args["WANT_SPLIT_WEIGHT"] else 1)   # merge, then weights
+        return Cost(bytes_min=(3 * splits + 2) * n * work, exps=n * splits,
+                    loop_counts=((1, blocks),) + merges)
+    if name == "_contrastive_grad_kernel":
+        return _contrastive_grad(args, grid)
     return None

@@ -124,6 +124,9 @@ RUNTIME_LENGTHS = {
     "retailsim.ops.selective_scan.triton:_selective_scan_bwd_kernel": {"length"},
     "retailsim.ops.contrastive_loss.triton:_contrastive_fwd_kernel": {"N", "M"},
     "retailsim.ops.contrastive_loss.triton:_contrastive_bwd_candidate_kernel": {"N", "M"},
+    "retailsim.ops.contrastive_loss.triton:_contrastive_norm_kernel": {"N", "M"},
+    "retailsim.ops.contrastive_loss.triton:_contrastive_loss_kernel": {"N", "M"},
+    "retailsim.ops.contrastive_loss.triton:_contrastive_grad_kernel": {"N", "M"},
 }
 
 
