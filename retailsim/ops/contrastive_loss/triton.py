@@ -400,9 +400,13 @@ _INTERPRET_CONFIG = dict(BLOCK_N=16, BLOCK_M=32, BLOCK_K=16, BLOCK_D=32, num_war
 _ROW_KERNELS = dict(_contrastive_norm_kernel=dict(BLOCK_R=8, BLOCK_K=128, num_warps=4),
                     _contrastive_loss_kernel=dict(BLOCK_R=1024, num_warps=4))
 _CUDA_CONFIG = {
-    # H100 sweep at 4096 x 4096 x 512 bf16 (triton 3.6), fwd+bwd: 64 x 64 tiles, 4 warps, D in chunks of 256
-    # was the best of eight tile shapes (2.0 ms; eager 2.3 ms); all of them spill registers (255 regs).
-    "half": dict(BLOCK_N=64, BLOCK_M=64, BLOCK_K=64, BLOCK_D=256, num_warps=4, num_stages=2, splits=None),
+    # bf16/fp16: the whole of D = 512 in one output chunk, so that each score tile is computed once (it was
+    # computed once per 256-wide chunk of D: 1.5x the products), the (64, 512) fp32 accumulator spread over 8
+    # warps (128 registers a thread), and 32 candidates per score tile so that nothing spills (238 / 231
+    # registers at 4096 x 4096 x 512, sm_90; 64 spilled). Chosen from the offline report (docs/experiments.md);
+    # the H100 sweep of 2026-11-27 (64 x 64 tiles, 4 warps, D in chunks of 256) timed the kernels before the
+    # norms moved into them.
+    "half": dict(BLOCK_N=64, BLOCK_M=32, BLOCK_K=64, BLOCK_D=512, num_warps=8, num_stages=2, splits=None),
     "float32": dict(BLOCK_N=64, BLOCK_M=64, BLOCK_K=32, BLOCK_D=128, num_warps=4, num_stages=2, splits=None),
     "float64": dict(BLOCK_N=16, BLOCK_M=16, BLOCK_K=16, BLOCK_D=64, num_warps=4, num_stages=1, splits=None),
 }
