@@ -33,13 +33,12 @@ def _scan(args, backward: bool) -> Cost:
         streams -= 2 if backward else 1
     bc = (2 + (2 if backward else 0)) * batch * dstate * length * _size(B)
     steps = batch * dim * length * dstate
-    n_full = length // args["CHUNK"]
-    # The backward peels a partial last chunk (processed first, with length masks) before the loop over the
-    # full ones: its state loop, then the chunk loop and the state loop inside it.
-    counts = ((1, dstate * (length % args["CHUNK"] != 0)), (1, n_full), (2, n_full * dstate)) if backward else ()
+    chunks = math.ceil(length / args["CHUNK"])
+    # The backward's chunk loop and the state loop inside it.
+    counts = ((1, chunks), (2, chunks * dstate)) if backward else ()
     return Cost(bytes_min=streams * batch * dim * length * _size(u) + bc,
                 fp32_flops=steps * (10 if backward else 4), exps=steps,
-                loop_trips=(math.ceil(length / args["CHUNK"]),) + ((dstate,) if backward else ()),
+                loop_trips=(chunks,) + ((dstate,) if backward else ()),
                 loop_counts=counts)
 
 

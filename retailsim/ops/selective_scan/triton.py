@@ -274,7 +274,7 @@ def _bwd_state(
     p_A, p_B, p_C, p_ckpt, p_dB, p_dC, p_carry, p_dA, b_dt, b_x, b_dy, b_y, b_sA, b_gB,
     n, l0, o_d, m_d, m_later, o_t, o_state, o_nd,
     stride_A_d, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l, dim, length,
-    HAS_Z: tl.constexpr, SCATTER: tl.constexpr, MASK_L: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
+    HAS_Z: tl.constexpr, SCATTER: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
 ):
     """State n of one chunk, each thread one channel: the chunk's states recomputed forward from the checkpoint,
     then the adjoint backward. The sums over n (du, dΔ, y) accumulate in the thread's registers; the sums over
@@ -286,14 +286,12 @@ def _bwd_state(
     b_ah = tl.zeros_like(b_dt)
     # B_n and C_n over the chunk as [CHUNK, BLOCK_D] tiles, read once for both sweeps: with SCATTER one [32]
     # load (lane l: B at step l, C at step l - 16) broadcast by shuffles, else one broadcast load per step
-    # (every lane reads the same address). In a partial chunk (MASK_L) steps past the end read the last
+    # (every lane reads the same address). In a partial chunk steps past the end read the last
     # step's (a clamped address, no mask): there Δ = 0 and dy = 0, so the state passes through unchanged and nothing from them is stored.
     # (p_B, p_C, p_dB, p_dC point at this program's batch, group and channel block.)
     if SCATTER:
         o_lane = tl.arange(0, 2 * CHUNK)
-        o_bc = l0 + o_lane % CHUNK
-        if MASK_L:
-            o_bc = tl.minimum(o_bc, length - 1)
+        o_bc = tl.minimum(l0 + o_lane % CHUNK, length - 1)
         v_BC = tl.load(tl.where(o_lane < CHUNK, p_B + (n * stride_B_n + o_bc * stride_B_l),
                                 p_C + (n * stride_C_n + o_bc * stride_C_l))).to(ACC)
         b_B = tl.zeros_like(b_dt)
@@ -302,9 +300,7 @@ def _bwd_state(
             b_B = _put(b_B, o_t, t, tl.gather(v_BC, o_lane * 0 + t, 0))
             b_C = _put(b_C, o_t, t, tl.gather(v_BC, o_lane * 0 + (t + CHUNK), 0))
     else:
-        o_bc = l0 + o_t
-        if MASK_L:
-            o_bc = tl.minimum(o_bc, length - 1)
+        o_bc = tl.minimum(l0 + o_t, length - 1)
         o_bc = o_bc[:, None] + o_d[None, :] * 0
         b_B = tl.load(p_B + (n * stride_B_n + o_bc * stride_B_l)).to(ACC)
         b_C = tl.load(p_C + (n * stride_C_n + o_bc * stride_C_l)).to(ACC)
@@ -347,9 +343,7 @@ def _bwd_state(
     if SCATTER:
         o_lane = tl.arange(0, 2 * CHUNK)
         o_l = l0 + o_lane // 2
-        m_l = o_lane % 2 == 0
-        if MASK_L:
-            m_l = m_l & (o_l < length)
+        m_l = (o_lane % 2 == 0) & (o_l < length)
         tl.store(p_dC + n * length + o_l, _lane_sums(b_pC, o_lane), mask=m_l)
         tl.store(p_dB + n * length + o_l, _lane_sums(b_pB, o_lane), mask=m_l)
     else:
@@ -371,10 +365,9 @@ def _bwd_chunk(
     stride_B_n, stride_B_l, stride_C_n, stride_C_l, stride_A_d, stride_A_n, stride_g_d, stride_g_l,
     dim, dstate, length,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    MASK_L: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Chunk n_chunks - 1 - i_k (the i_k-th processed): its inputs, the states one at a time, its gradients.
-    Without MASK_L every step is inside the sequence (no length mask)."""
+    """Chunk n_chunks - 1 - i_k (the i_k-th processed): its inputs, the states one at a time, its gradients."""
     i_c = n_chunks - 1 - i_k
     l0 = tl.cast(i_c, tl.int64) * CHUNK
     # The chunk's inputs one step (column) at a time: coalesced across the channels when a tensor is
@@ -385,10 +378,7 @@ def _bwd_chunk(
     b_dy = tl.zeros_like(b_dt)
     for t in tl.static_range(CHUNK):
         l = l0 + t
-        if MASK_L:
-            m_t = m_d & (o_d * 0 + l < length)
-        else:
-            m_t = m_d
+        m_t = m_d & (o_d * 0 + l < length)
         u_t = tl.load(p_u + base_u + o_d * stride_u_d + l * stride_u_l, mask=m_t, other=0.0).to(ACC)
         pre_t = tl.load(p_delta + base_dt + o_d * stride_dt_d + l * stride_dt_l, mask=m_t, other=0.0).to(ACC)
         dy_t = tl.load(p_dout + base_do + o_d * stride_do_d + l * stride_do_l, mask=m_t, other=0.0).to(ACC)
@@ -410,13 +400,10 @@ def _bwd_chunk(
             p_dA_part, b_dt, b_x, b_dy, b_y, b_sA, b_gB,
             n, i_c * CHUNK, o_d, m_d, m_later, o_t, o_state, o_nd,
             stride_A_d, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l, dim, length,
-            HAS_Z, BLOCK_D == 2 * CHUNK, MASK_L, CHUNK, ACC)
+            HAS_Z, BLOCK_D == 2 * CHUNK, CHUNK, ACC)
     for t in tl.static_range(CHUNK):
         l = l0 + t
-        if MASK_L:
-            m_t = m_d & (o_d * 0 + l < length)
-        else:
-            m_t = m_d
+        m_t = m_d & (o_d * 0 + l < length)
         o_g = base_g + o_d * stride_g_d + l * stride_g_l
         u_t = tl.load(p_u + base_u + o_d * stride_u_d + l * stride_u_l, mask=m_t, other=0.0).to(ACC)
         gB_t = _row(b_gB, o_t, t)
@@ -431,8 +418,7 @@ def _bwd_chunk(
             pre_t = tl.load(p_delta + base_dt + o_d * stride_dt_d + l * stride_dt_l, mask=m_t, other=0.0)
             pre_t = pre_t.to(ACC) + b_bias
             ddt_t = ddt_t * tl.where(pre_t > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-pre_t)))
-        if MASK_L:
-            ddt_t = tl.where(m_t, ddt_t, 0.0)
+        ddt_t = tl.where(m_t, ddt_t, 0.0)
         b_dbias += ddt_t
         tl.store(p_ddelta + o_g, ddt_t.to(p_ddelta.dtype.element_ty), mask=m_t)
         if HAS_Z:
@@ -454,8 +440,8 @@ def _bwd_chunk(
 # registers, never h_t - x_t, which cancels), then runs the adjoint serially backwards from the carry the
 # chunk after it left. The recurrences never cross threads; dB_t and dC_t (sums over channels) are a
 # reduce-scatter across the lanes per state and chunk into per-program partials that torch sums afterwards
-# in a fixed order, as it does the dA, dD and dΔ-bias partials: deterministic, no atomics. A partial last
-# chunk (processed first) runs with length masks, the full ones without. Grid: (cdiv(dim, BLOCK_D), batch).
+# in a fixed order, as it does the dA, dD and dΔ-bias partials: deterministic, no atomics. Every chunk runs
+# with length masks (see the chunk loop). Grid: (cdiv(dim, BLOCK_D), batch).
 @triton.jit(do_not_specialize=["length"])
 def _selective_scan_bwd_kernel(
     p_dout, p_u, p_delta, p_A, p_B, p_C, p_D, p_z, p_bias, p_ckpt,
@@ -489,24 +475,18 @@ def _selective_scan_bwd_kernel(
     base_B, base_C = i_b * stride_B_b + i_g * stride_B_g, i_b * stride_C_b + i_g * stride_C_g
     base_g = i_b * stride_g_b
     o_part = (i_b * n_dblocks + i_d) * dstate * length   # dB/dC partials (batch, channel block, N, L)
-    i_first = 0
-    if length % CHUNK != 0:
-        b_dD, b_dbias = _bwd_chunk(
-            p_dout, p_u, p_delta, p_A, p_B, p_C, p_z, p_ckpt, p_du, p_ddelta, p_dz, p_dA_part, p_dB_part,
-            p_dC_part, p_carry, b_Dv, b_bias, b_dD, b_dbias, 0, n_chunks, o_d, m_d, o_t, o_nd, o_part, i_b,
-            base_u, base_dt, base_z, base_do, base_B, base_C, base_g,
-            stride_do_d, stride_do_l, stride_u_d, stride_u_l, stride_dt_d, stride_dt_l, stride_z_d, stride_z_l,
-            stride_B_n, stride_B_l, stride_C_n, stride_C_l, stride_A_d, stride_A_n, stride_g_d, stride_g_l,
-            dim, dstate, length, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, BLOCK_D, CHUNK, ACC)
-        i_first = 1
-    for i_k in range(i_first, n_chunks):
+    # A partial last chunk could run with length masks and the full ones without (0.911 -> 0.885 ms
+    # estimated), but that second copy of the chunk body made Triton's coalescing pass 3.3x slower (258 s
+    # instead of 78 s to compile on a 2-core CPU, the first backward's JIT on a GPU machine too): one masked
+    # body serves every chunk.
+    for i_k in range(0, n_chunks):
         b_dD, b_dbias = _bwd_chunk(
             p_dout, p_u, p_delta, p_A, p_B, p_C, p_z, p_ckpt, p_du, p_ddelta, p_dz, p_dA_part, p_dB_part,
             p_dC_part, p_carry, b_Dv, b_bias, b_dD, b_dbias, i_k, n_chunks, o_d, m_d, o_t, o_nd, o_part, i_b,
             base_u, base_dt, base_z, base_do, base_B, base_C, base_g,
             stride_do_d, stride_do_l, stride_u_d, stride_u_l, stride_dt_d, stride_dt_l, stride_z_d, stride_z_l,
             stride_B_n, stride_B_l, stride_C_n, stride_C_l, stride_A_d, stride_A_n, stride_g_d, stride_g_l,
-            dim, dstate, length, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, False, BLOCK_D, CHUNK, ACC)
+            dim, dstate, length, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_D, CHUNK, ACC)
     o_bd = i_b * dim + o_d
     if HAS_D:
         tl.store(p_dD_part + o_bd, b_dD, mask=m_d)

@@ -17,7 +17,9 @@ KEYS = {"op", "kernel", "arch", "shape", "dtype", "registers", "spill_bytes", "s
         "mma_instructions", "shfl_per_loop_iter", "estimate_ms", "floor_ms"}
 
 
-def _run(args, timeout=600):
+# A cold Triton cache compiles every kernel: about 8 minutes of one core here (the scan backward alone is ~80 s
+# per dtype and arch; docs/experiments.md), so the limit leaves room for a slower CI machine.
+def _run(args, timeout=1800):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
