@@ -162,7 +162,7 @@ def check(records, exceptions=EXCEPTIONS) -> tuple[list, list]:
         if "kernel" in record:
             if record["spill_bytes"]:
                 judge(record["kernel"], record["arch"], "spills",
-                      f"spills {record['spill_bytes']} bytes ({record['registers']} registers)", record["dtype"])
+                      f"spills {record['spill_bytes']} bytes ({record['registers']} registers)", record.get("dtype"))
             if record.get("cost_model_error"):
                 judge(record["kernel"], record["arch"], "cost_model",
                       f"no estimate: {record['cost_model_error']}")
