@@ -90,6 +90,12 @@ def _row_weights(grad_ptr, grad_stride, n_valid_ptr, b_positive, o_r, m_r, M, AC
 
 
 @triton.jit
+def _safe_positive(b_positive, M):
+    """The positive index where it is one, else 0: an address any anchor may read (its value then unused)."""
+    return tl.where((b_positive >= 0) & (b_positive < M), b_positive, 0)
+
+
+@triton.jit
 def _allowed_tile(o_m, m_m, b_positive, b_anchor_group, b_candidate_group, b_positive_label, b_candidate_label,
                   HAS_LABEL: tl.constexpr):
     """(allowed, is_positive) [BLOCK_N, BLOCK_M] of anchors (positive index, group, positive's label: [BLOCK_N])
@@ -159,8 +165,7 @@ def _contrastive_fwd_kernel(
     b_anchor_group = tl.load(anchor_group_ptr + o_n, mask=m_n, other=0)
     b_positive_label = b_positive  # stand-in, not read without labels
     if HAS_LABEL:
-        b_safe = tl.where((b_positive >= 0) & (b_positive < M), b_positive, 0)
-        b_positive_label = tl.load(candidate_label_ptr + b_safe, mask=m_n, other=0)
+        b_positive_label = tl.load(candidate_label_ptr + _safe_positive(b_positive, M), mask=m_n, other=0)
     b_row_scale = scale * _inverse_norms(norm_ptr, o_n, m_n, NORMALIZE, acc_dtype, BLOCK_N)
     p_a_rows = a_ptr + o_n.to(tl.int64)[:, None] * stride_a
 
@@ -321,8 +326,7 @@ def _contrastive_bwd_candidate_kernel(
 
         b_positive_label = b_positive  # stand-in, not read without labels
         if HAS_LABEL:
-            b_safe = tl.where((b_positive >= 0) & (b_positive < M), b_positive, 0)
-            b_positive_label = tl.load(candidate_label_ptr + b_safe, mask=m_n, other=0)
+            b_positive_label = tl.load(candidate_label_ptr + _safe_positive(b_positive, M), mask=m_n, other=0)
         b_allowed, b_is_positive = _allowed_tile(o_m, m_m, b_positive, b_anchor_group, b_candidate_group,
                                                  b_positive_label, b_candidate_label, HAS_LABEL)
 
@@ -355,11 +359,9 @@ def _contrastive_grad_kernel(
     m_d = o_d < D
     if i_r < anchor_rows:
         b_positive = tl.load(positive_ptr + i_r)
-        b_safe = tl.where((b_positive >= 0) & (b_positive < M), b_positive, 0)
-        b_weight = tl.load(grad_loss_ptr + i_r * grad_stride).to(acc_dtype)
-        if MEAN:
-            b_weight = b_weight / tl.maximum(tl.load(n_valid_ptr).to(acc_dtype), 1.0)
-        b_weight = tl.where((b_positive >= 0) & (b_positive < M), b_weight, 0.0)
+        b_safe = _safe_positive(b_positive, M)
+        b_weight = _row_weights(grad_loss_ptr, grad_stride, n_valid_ptr, b_positive, i_r, i_r < anchor_rows, M,
+                                acc_dtype, MEAN)
         b_weighted = tl.zeros([BLOCK_D], dtype=acc_dtype)
         for i_s in range(0, splits_a):
             b_weighted += tl.load(split_weight_ptr + i_s * N + i_r) \
