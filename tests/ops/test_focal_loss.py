@@ -292,9 +292,6 @@ def test_linear_focal_loss_matches_float64_reference(path, small_linear_chunks, 
 
 
 def test_linear_focal_loss_gradcheck_float64(path, small_linear_chunks):
-    if path == "triton":
-        pytest.skip("the kernel's gradient is gradchecked through focal_loss and the chunk wiring on the torch "
-                    "path; ~300 inputs x 4 evaluations take minutes under the interpreter")
     hidden, weight, bias, target, alpha = _linear_inputs(seed=32, n_rows=5, hidden_size=6, n_cols=37,
                                                          dtype=torch.float64)
     inputs = tuple(t.clone().requires_grad_() for t in (hidden, weight, bias))

@@ -22,12 +22,21 @@ from typing import NamedTuple
 import torch
 
 
+class FocalTerms(NamedTuple):
+    """The focal transform the Triton launchers may apply to each row's loss: the path of linear_focal_loss,
+    which runs on these kernels with the weight rows as candidates (``focal_loss/linear_triton.py``)."""
+
+    gamma: float
+    alpha: torch.Tensor | None   # (M,) per-candidate weights, constants
+    ignore_index: int            # the positive index of a row that does not count
+
+
 class Saved(NamedTuple):
     """What a forward keeps for its backward, in the work dtype (float32; float64 for float64 inputs); a field a
     call does not need is a 0-element tensor."""
 
     norms: torch.Tensor           # (N + M,): max(||x||, eps) of each anchor row, then of each candidate row
-    row_stats: torch.Tensor       # (2, N): m_i and 1 / l_i over A(i)
+    row_stats: torch.Tensor       # (2, N): m_i and 1 / l_i over A(i); (3, N) with FocalTerms: d focal_i / d ce_i too
     n_valid: torch.Tensor         # (1,): anchors with a positive (the mean's divisor before its clamp)
     weighted: torch.Tensor        # (S, N, D): per split of the candidates, O_i = sum_j P_ij c_j within it
     split_weight: torch.Tensor    # (S, N): the weight of each split's O_i in the whole row's

@@ -2,16 +2,21 @@
 
 FL_i = -alpha[y_i] (1 - p_{i,y_i})^gamma log p_{i,y_i}, p_i = softmax(logits_i) (Lin et al., 2017, in its
 multi-class softmax form). ``focal_loss``: the forward reads the logits once (loss and per-row statistics),
-the backward once more to write the gradient. ``linear_focal_loss``: each row chunk's gradient is computed
-with its loss.
-CUDA tensors run the Triton kernel, other devices the chunked PyTorch path (SPEC 6.1, 6.3).
+the backward once more to write the gradient. ``linear_focal_loss``: on CUDA (Triton) the contrastive loss's
+kernels with the weight rows as candidates, logits only ever in registers (``linear_triton.py``); elsewhere
+row chunks of logits, each chunk's gradient computed with its loss.
+CUDA tensors run the Triton kernels, other devices the chunked PyTorch path (SPEC 6.1, 6.3).
 """
 from __future__ import annotations
 
 import torch
 
 from retailsim.ops import backend as _backend
-from retailsim.ops.focal_loss.function import FocalLossFunction, LinearFocalLossFunction
+from retailsim.ops.focal_loss.function import (
+    FocalLossFunction,
+    FusedLinearFocalLossFunction,
+    LinearFocalLossFunction,
+)
 
 __all__ = ["focal_loss", "linear_focal_loss"]
 
@@ -116,11 +121,17 @@ def linear_focal_loss(
 ) -> torch.Tensor:
     """``focal_loss(hidden @ weight.T + bias, target, ...)`` without ever holding all N x V logits.
 
-    Rows are processed in chunks of at most 128 MiB of logits (``function.LOGITS_CHUNK_BYTES``): each chunk's
-    logits come from one matmul, the focal kernel turns them in place into their gradient, and two more
-    matmuls fold that into the hidden and weight gradients (fp32 accumulation across chunks). Gradients are
-    computed in the forward pass (reduction ``"none"``: in backward, recomputing the chunks, since they need
-    the per-row grad_output).
+    On CUDA (the Triton backend) four kernels per forward + backward, no logits in memory at all: the forward
+    streams the vocabulary in tiles (online log-sum-exp on the tensor cores, plus the softmax-weighted sum of
+    weight rows the hidden gradient needs), one program reduces, and the backward recomputes the logit tiles
+    once for the weight and bias gradients; its extra memory is O(N H), whatever V. Reduction ``"none"``
+    costs no extra matrix product. An out-of-range target gives a NaN loss there (no host sync).
+
+    Elsewhere (the PyTorch path) rows are processed in chunks of at most 128 MiB of logits
+    (``function.LOGITS_CHUNK_BYTES``): each chunk's logits come from one matmul, the focal kernel turns them
+    in place into their gradient, and two more matmuls fold that into the hidden and weight gradients (fp32
+    accumulation across chunks). Gradients are computed in the forward pass (reduction ``"none"``: in
+    backward, recomputing the chunks, since they need the per-row grad_output).
 
     Args:
         hidden: (..., H) float32, float16, bfloat16 or float64.
@@ -159,6 +170,10 @@ def linear_focal_loss(
     backend = _backend.resolve("focal_loss", hidden.device, has_native=False)
     hidden2d = hidden.reshape(-1, hidden.shape[-1])  # (N, H)
     alpha = None if alpha is None else alpha.detach().contiguous()
+    if backend == "triton":
+        loss = FusedLinearFocalLossFunction.apply(
+            hidden2d, weight, target.reshape(-1).contiguous(), bias, alpha, float(gamma), int(ignore_index), reduction)
+        return loss.reshape(target.shape) if reduction == "none" else loss
     loss = LinearFocalLossFunction.apply(
         hidden2d, weight, target.reshape(-1).contiguous(), bias, alpha, float(gamma), int(ignore_index), reduction,
         backend

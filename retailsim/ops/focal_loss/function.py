@@ -1,9 +1,10 @@
 """Autograd Functions of ``focal_loss`` and ``linear_focal_loss``.
 
 ``focal_loss``: the forward reads the logits once for the loss and each row's (lse, ce); the backward reads
-them again and writes the gradient with ``grad_output`` applied. ``linear_focal_loss``: each row chunk's
-gradient is computed with its loss in the forward (reduction "none": recomputed in backward), and backward
-multiplies by ``grad_output``. The work itself sits in ``torch.library`` custom ops, so
+them again and writes the gradient with ``grad_output`` applied. ``linear_focal_loss``, PyTorch path: each row
+chunk's gradient is computed with its loss in the forward (reduction "none": recomputed in backward), and
+backward multiplies by ``grad_output``; Triton path (``FusedLinearFocalLossFunction``): the kernels of
+``linear_triton.py``, no logits in memory. The work itself sits in ``torch.library`` custom ops, so
 ``torch.compile`` treats it as one opaque call instead of tracing (or breaking on) a Triton launch or a
 Python loop over row chunks; eager calls run the same Python implementation without the dispatcher round
 trip. The backend ("triton" or "torch") is resolved by the caller and passed in.
@@ -16,6 +17,7 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
+from retailsim.ops.contrastive_loss.contract import Saved
 from retailsim.ops.focal_loss import torch_path
 
 # One chunk of linear_focal_loss logits (then gradient) at most. Measured on an H100 at 8192 x 512 x 131072
@@ -325,3 +327,85 @@ class LinearFocalLossFunction(torch.autograd.Function):
             grad_bias if need_bias else None,
             None, None, None, None, None,
         )
+
+
+# ----------------------------------------------------------------------- linear_focal_loss, fused (Triton)
+# The Triton backend runs linear_focal_loss on the contrastive loss's kernels (linear_triton.py): no logits
+# chunks at all, four launches per forward + backward. Custom ops for torch.compile, as for the other losses.
+def _fused():
+    return importlib.import_module("retailsim.ops.focal_loss.linear_triton")
+
+
+@torch.library.custom_op("retailsim::linear_focal_fused_forward", mutates_args=())
+def linear_focal_fused_forward(
+    hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, bias: Optional[torch.Tensor],
+    alpha: Optional[torch.Tensor], gamma: float, ignore_index: int, reduction: str, want_hidden_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, *Saved)."""
+    loss, saved = _fused().forward(hidden=hidden, weight=weight, target=target, bias=bias, alpha=alpha,
+                                   gamma=gamma, ignore_index=ignore_index, reduction=reduction,
+                                   want_hidden_grad=want_hidden_grad)
+    return (loss, *saved)
+
+
+@linear_focal_fused_forward.register_fake
+def _(hidden, weight, target, bias, alpha, gamma, ignore_index, reduction, want_hidden_grad):
+    work = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    shapes = _fused().saved_shapes(hidden.shape[0], weight.shape[0], hidden.shape[1], hidden.dtype, hidden.device,
+                                   want_hidden_grad)
+    loss = hidden.new_empty(hidden.shape[:1] if reduction == "none" else ())
+    return (loss, *(hidden.new_empty(shape, dtype=work) for shape in shapes))
+
+
+@torch.library.custom_op("retailsim::linear_focal_fused_backward", mutates_args=())
+def linear_focal_fused_backward(
+    grad_loss: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+    bias: Optional[torch.Tensor], alpha: Optional[torch.Tensor], norms: torch.Tensor, row_stats: torch.Tensor,
+    n_valid: torch.Tensor, weighted: torch.Tensor, split_weight: torch.Tensor, candidate_grad_unit: torch.Tensor,
+    gamma: float, ignore_index: int, reduction: str, need_hidden: bool, need_weight: bool, need_bias: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _fused().backward(
+        grad_loss=grad_loss, hidden=hidden, weight=weight, target=target, bias=bias, alpha=alpha, gamma=gamma,
+        ignore_index=ignore_index, reduction=reduction,
+        saved=Saved(norms, row_stats, n_valid, weighted, split_weight, candidate_grad_unit),
+        needs=(need_hidden, need_weight, need_bias))
+
+
+@linear_focal_fused_backward.register_fake
+def _(grad_loss, hidden, weight, target, bias, alpha, norms, row_stats, n_valid, weighted, split_weight,
+      candidate_grad_unit, gamma, ignore_index, reduction, need_hidden, need_weight, need_bias):
+    return (torch.empty_like(hidden) if need_hidden else hidden.new_empty(0),
+            torch.empty_like(weight) if need_weight else weight.new_empty(0),
+            torch.empty_like(bias) if need_bias else hidden.new_empty(0))
+
+
+class FusedLinearFocalLossFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, target, bias, alpha, gamma, ignore_index, reduction):
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[3])
+        if torch.compiler.is_compiling():
+            loss, *saved = linear_focal_fused_forward(hidden, weight, target, bias, alpha, gamma, ignore_index,
+                                                      reduction, needs[0])
+        else:
+            loss, saved = _fused().forward(hidden=hidden, weight=weight, target=target, bias=bias, alpha=alpha,
+                                           gamma=gamma, ignore_index=ignore_index, reduction=reduction,
+                                           want_hidden_grad=needs[0])
+        ctx.options = (gamma, ignore_index, reduction, needs)
+        ctx.save_for_backward(hidden, weight, target, bias, alpha, *saved)
+        return loss
+
+    @staticmethod
+    @once_differentiable  # the backward is hand-written; a second derivative raises instead of being wrong
+    def backward(ctx, grad_loss):
+        hidden, weight, target, bias, alpha, *saved = ctx.saved_tensors
+        gamma, ignore_index, reduction, needs = ctx.options
+        if torch.compiler.is_compiling():
+            grads = linear_focal_fused_backward(grad_loss, hidden, weight, target, bias, alpha, *saved, gamma,
+                                                ignore_index, reduction, *needs)
+        else:
+            grads = _fused().backward(grad_loss=grad_loss, hidden=hidden, weight=weight, target=target, bias=bias,
+                                      alpha=alpha, gamma=gamma, ignore_index=ignore_index, reduction=reduction,
+                                      saved=Saved(*saved), needs=needs)
+        grad_hidden, grad_weight, grad_bias = grads
+        return (grad_hidden if needs[0] else None, grad_weight if needs[1] else None, None,
+                grad_bias if needs[2] else None, None, None, None, None)

@@ -20,7 +20,6 @@ EXCEPTIONS = {
     ("_selective_scan_bwd_kernel", "spills"): "register spill of the scan backward (issue 15: scan redesign)",
     ("_contrastive_fwd_kernel", "spills", "float32"): "TF32x3 tiles at 255 registers (issue 16: contrastive redesign)",
     ("_contrastive_bwd_candidate_kernel", "spills", "float32"): "TF32x3 tiles at 255 registers (issue 16)",
-    ("linear_focal_loss", "launches"): "one matmul pair and focal kernel per row chunk (issue 16)",
 }
 
 

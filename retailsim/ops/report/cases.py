@@ -73,12 +73,9 @@ def _linear_focal_case(shape, dtype) -> Case:
         return (_randn(rows, hidden, dtype=dtype), _randn(vocab, hidden, dtype=dtype),
                 torch.randint(0, vocab, (rows,), device="cuda"))
 
-    from retailsim.ops.focal_loss.function import chunk_rows
-
     return Case("linear_focal_loss", shape, dtype, make,
                 lambda h, w, target: linear_focal_loss(h, w, target, gamma=2.0), launch_budget=6,
-                launcher="retailsim.ops.focal_loss.triton",
-                config_shape=(min(rows, chunk_rows(vocab, torch.tensor([], dtype=dtype).element_size())), vocab))
+                launcher="retailsim.ops.focal_loss.linear_triton")
 
 
 def _contrastive_case(shape, dtype) -> Case:

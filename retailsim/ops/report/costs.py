@@ -74,7 +74,8 @@ def _contrastive_fwd(args, grid) -> Cost:
 def _contrastive_bwd(args, grid) -> Cost:
     a, c, n, m, d, factor, peak = _products(args)
     executed = grid[0] * args["BLOCK_M"] * n * d * 2 * grid[2] + 2 * n * m * d
-    return Cost(bytes_min=(n + m) * d * _size(a) + m * d * 4, tc_flops_min=2 * n * m * d,
+    # The candidate gradient (or its fp32 partial per split) once out.
+    return Cost(bytes_min=(n + m) * d * _size(a) + m * d * _size(args["grad_ptr"]), tc_flops_min=2 * n * m * d,
                 tc_flops_executed=factor * executed, exps=n * m, tc_peak=peak,
                 loop_trips=(args["blocks_per_split"], math.ceil(d / args["BLOCK_K"])))
 
