@@ -549,7 +549,7 @@ def _split_plan(config, programs, loop_length, block, device):
     return triton.cdiv(loop_blocks, blocks_per_split), blocks_per_split
 
 
-def _arch(device: torch.device) -> str | None:
+def arch_of(device: torch.device) -> str | None:
     if device.type != "cuda":
         return None
     major, minor = torch.cuda.get_device_capability(device)
@@ -566,19 +566,25 @@ def _io_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     return dtype if device.type == "cuda" else _work_dtype(dtype)
 
 
-def _forward_plan(num_anchors, num_candidates, dim, dtype, device, want_anchor_grad):
-    """(config, (anchor blocks, splits, D-chunks), blocks per split) of the forward kernel."""
-    config = config_for((num_anchors, num_candidates, dim), dtype, _arch(device))
-    anchor_blocks = triton.cdiv(num_anchors, config["BLOCK_N"])
-    d_chunks = triton.cdiv(dim, config["BLOCK_D"]) if want_anchor_grad else 1
-    splits, blocks_per_split = _split_plan(config, anchor_blocks * d_chunks, num_candidates, config["BLOCK_M"],
+def _kernel_tiles(config: dict, kernel: str) -> dict:
+    """The shared tile entries with the kernel's own on top (a caller's config may give one kernel its own)."""
+    return {**config, **config.get(kernel, {})}
+
+
+def _forward_plan(num_anchors, num_candidates, dim, dtype, device, want_anchor_grad, config=None):
+    """(config, the forward kernel's tiles, (anchor blocks, splits, D-chunks), blocks per split)."""
+    config = config or config_for((num_anchors, num_candidates, dim), dtype, arch_of(device))
+    tiles = _kernel_tiles(config, "_contrastive_fwd_kernel")
+    anchor_blocks = triton.cdiv(num_anchors, tiles["BLOCK_N"])
+    d_chunks = triton.cdiv(dim, tiles["BLOCK_D"]) if want_anchor_grad else 1
+    splits, blocks_per_split = _split_plan(tiles, anchor_blocks * d_chunks, num_candidates, tiles["BLOCK_M"],
                                            device)
-    return config, (anchor_blocks, splits, d_chunks), blocks_per_split
+    return config, tiles, (anchor_blocks, splits, d_chunks), blocks_per_split
 
 
 def saved_shapes(num_anchors, num_candidates, dim, dtype, device, normalize, reduction, want_anchor_grad,
-                 want_candidate_grad, focal: bool = False) -> Saved:
-    splits = _forward_plan(num_anchors, num_candidates, dim, dtype, device, want_anchor_grad)[1][1]
+                 want_candidate_grad, focal: bool = False, config: dict | None = None) -> Saved:
+    splits = _forward_plan(num_anchors, num_candidates, dim, dtype, device, want_anchor_grad, config)[2][1]
     return Saved(norms=(num_anchors + num_candidates,) if normalize else (0,),
                  row_stats=(3 if focal else 2, num_anchors), n_valid=(1,),
                  weighted=(splits, num_anchors, dim) if want_anchor_grad else (0,),
@@ -618,15 +624,16 @@ def backward(*, grad_loss, anchors, candidates, index, scale: float, normalize: 
 # The general launchers: the contrastive loss's (groups, labels, normalisation) and linear_focal_loss's (no
 # groups, a bias, the focal transform, index = the targets with their ignore_index) on the same kernels.
 def softmax_forward(*, anchors, candidates, index, scale: float, normalize: bool, reduction: str,
-                    want_anchor_grad: bool, focal: FocalTerms | None = None, bias=None):
-    """The loss and the Saved (row_stats (3, N) with ``focal``). ``index.anchor_group`` None: no exclusions."""
+                    want_anchor_grad: bool, focal: FocalTerms | None = None, bias=None, config: dict | None = None):
+    """The loss and the Saved (row_stats (3, N) with ``focal``). ``index.anchor_group`` None: no exclusions.
+    ``config``: the caller's tiles (linear_focal_loss has its own), default this module's ``config_for``."""
     a, c = _rows(anchors), _rows(candidates)
     num_anchors, dim = a.shape
     num_candidates = c.shape[0]
     work = _work_dtype(a.dtype)
     device = a.device
-    config, grid, blocks_per_split = _forward_plan(num_anchors, num_candidates, dim, a.dtype, device,
-                                                   want_anchor_grad)
+    config, tiles, grid, blocks_per_split = _forward_plan(num_anchors, num_candidates, dim, a.dtype, device,
+                                                          want_anchor_grad, config)
     splits = grid[1]
     norms = torch.empty(num_anchors + num_candidates if normalize else 0, dtype=work, device=device)
     if normalize:
@@ -648,9 +655,9 @@ def softmax_forward(*, anchors, candidates, index, scale: float, normalize: bool
             N=num_anchors, M=num_candidates, D=dim, stride_a=a.stride(0), stride_c=c.stride(0),
             blocks_per_split=blocks_per_split, scale=scale, ignore_index=ignore_index,
             NORMALIZE=normalize, HAS_GROUP=has_group, HAS_LABEL=has_label, HAS_BIAS=bias is not None,
-            WANT_WEIGHTED=want_anchor_grad, PRECISION=_precision(a), UPCAST=_upcast(a), BLOCK_N=config["BLOCK_N"],
-            BLOCK_M=config["BLOCK_M"], BLOCK_K=config["BLOCK_K"], BLOCK_D=config["BLOCK_D"],
-            num_warps=config["num_warps"], num_stages=config["num_stages"],
+            WANT_WEIGHTED=want_anchor_grad, PRECISION=_precision(a), UPCAST=_upcast(a), BLOCK_N=tiles["BLOCK_N"],
+            BLOCK_M=tiles["BLOCK_M"], BLOCK_K=tiles["BLOCK_K"], BLOCK_D=tiles["BLOCK_D"],
+            num_warps=tiles["num_warps"], num_stages=tiles["num_stages"],
         )
     row_stats = torch.empty(2 if focal is None else 3, num_anchors, dtype=work, device=device)
     split_weight = torch.empty((splits, num_anchors) if want_anchor_grad else 0, dtype=work, device=device)
@@ -672,7 +679,8 @@ def softmax_forward(*, anchors, candidates, index, scale: float, normalize: bool
 
 def softmax_backward(*, grad_loss, anchors, candidates, index, scale: float, normalize: bool, reduction: str,
                      saved: Saved, want_anchor_grad: bool, want_candidate_grad: bool,
-                     focal: FocalTerms | None = None, bias=None, want_bias_grad: bool = False):
+                     focal: FocalTerms | None = None, bias=None, want_bias_grad: bool = False,
+                     config: dict | None = None):
     """(grad_anchors, grad_candidates, grad_bias), a 0-element tensor for each not wanted. The candidate kernel
     (candidate or bias gradient wanted) writes the candidate and bias gradients itself when it runs as one
     split without normalisation; the one-row kernel then runs for the anchors only."""
@@ -682,7 +690,8 @@ def softmax_backward(*, grad_loss, anchors, candidates, index, scale: float, nor
     num_candidates = c.shape[0]
     work = saved.row_stats.dtype
     device = a.device
-    config = config_for((num_anchors, num_candidates, dim), a.dtype, _arch(device))
+    config = config or config_for((num_anchors, num_candidates, dim), a.dtype, arch_of(device))
+    tiles = _kernel_tiles(config, "_contrastive_bwd_candidate_kernel")
     grad_stride = grad_loss.stride(0) if grad_loss.dim() == 1 else 0
     has_group, has_label, group, candidate_group, label = _index_args(index, saved.row_stats)
     ignore_index = -1 if focal is None else int(focal.ignore_index)
@@ -695,10 +704,10 @@ def softmax_backward(*, grad_loss, anchors, candidates, index, scale: float, nor
     grad_b = torch.empty(num_candidates if want_bias_grad else 0, dtype=out_dtype, device=device)
     part, bias_part, splits_c, final = saved.row_stats, saved.row_stats, 0, False
     if want_candidate_grad or want_bias_grad:
-        candidate_blocks = triton.cdiv(num_candidates, config["BLOCK_M"])
-        d_chunks = triton.cdiv(dim, config["BLOCK_D"])
-        splits_c, blocks_per_split = _split_plan(config, candidate_blocks * d_chunks, max(num_anchors, 1),
-                                                 config["BLOCK_N"], device)
+        candidate_blocks = triton.cdiv(num_candidates, tiles["BLOCK_M"])
+        d_chunks = triton.cdiv(dim, tiles["BLOCK_D"])
+        splits_c, blocks_per_split = _split_plan(tiles, candidate_blocks * d_chunks, max(num_anchors, 1),
+                                                 tiles["BLOCK_N"], device)
         final = splits_c == 1 and not normalize
         if final:
             part = grad_c if want_candidate_grad else torch.empty(num_candidates, dim, dtype=out_dtype,
@@ -716,9 +725,9 @@ def softmax_backward(*, grad_loss, anchors, candidates, index, scale: float, nor
             stride_c=c.stride(0), blocks_per_split=blocks_per_split, scale=scale, ignore_index=ignore_index,
             NORMALIZE=normalize, HAS_GROUP=has_group, HAS_LABEL=has_label, HAS_BIAS=bias is not None,
             WANT_BIAS_GRAD=want_bias_grad, FOCAL=focal is not None, FINAL=final, MEAN=mean,
-            PRECISION=_precision(a), UPCAST=_upcast(a), BLOCK_N=config["BLOCK_N"], BLOCK_M=config["BLOCK_M"],
-            BLOCK_K=config["BLOCK_K"], BLOCK_D=config["BLOCK_D"], num_warps=config["num_warps"],
-            num_stages=config["num_stages"],
+            PRECISION=_precision(a), UPCAST=_upcast(a), BLOCK_N=tiles["BLOCK_N"], BLOCK_M=tiles["BLOCK_M"],
+            BLOCK_K=tiles["BLOCK_K"], BLOCK_D=tiles["BLOCK_D"], num_warps=tiles["num_warps"],
+            num_stages=tiles["num_stages"],
         )
     anchor_rows = num_anchors if want_anchor_grad else 0
     candidate_rows = num_candidates if (want_candidate_grad or want_bias_grad) and not final else 0
