@@ -48,6 +48,26 @@ HIERARCHY_COLUMNS = ("category_1", "category_2", "category_3", "category_4")
 # them into ordinal weeks: a datetime, or a per-customer order sequence (optionally with days since the last order).
 SOURCE_TIME_COLUMNS = ("timestamp", "order_number", "days_since_prior_order")
 
+# --- promotion plan (optional, beside the transactions) -----------------------------------------------------
+# What a retailer knows before the week starts: one row per (product, week[, store][, customer]). Nothing in it
+# may be derived from the transactions of the week it describes (the leakage rule: a plan is an input the
+# retailer sets, never an outcome). A null store or customer means every store or every customer.
+
+PROMOTION_COLUMNS: tuple[Column, ...] = (
+    Column("product_id", "str", True, "SKU"),
+    Column("week", "int", True, "ordinal shop week the plan is for (as the transactions' week)"),
+    Column("store_id", "str", False, "store the plan holds in; null = every store"),
+    Column("customer_id", "str", False, "holder of a targeted coupon; null = every customer"),
+    Column("discount", "float", False, "planned fraction off the regular shelf price, in [0, 1)"),
+    Column("price", "float", False, "planned shelf price"),
+    Column("display", "int", False, "1 = on an in-store display"),
+    Column("mailer", "int", False, "1 = in the week's mailer"),
+    Column("coupon", "int", False, "1 = a coupon for the product is valid"),
+)
+PROMOTION_REQUIRED = tuple(column.name for column in PROMOTION_COLUMNS if column.required)
+# The generator's plan file, next to its week files: PROD_CODE, SHOP_WEEK (YYYYWW), DISCOUNT, PRICE.
+GENERATOR_PROMOTION_FILE = "promotions.parquet"
+
 # --- LGSR weekly CSV files ----------------------------------------------------------------------------------
 
 LGSR_FILE_GLOB = "transactions_*.csv"

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from retailsim.data import schema
-from retailsim.data.synthetic import GROUND_TRUTH_FILE, GeneratorConfig, generate
+from retailsim.data.synthetic import GROUND_TRUTH_FILE, PROMOTION_FILE, GeneratorConfig, generate
 from retailsim.data.synthetic.catalogue import build_catalogue
 from retailsim.data.synthetic.market import N_PRICE_BANDS, week_market
 from retailsim.data.synthetic.missions import MAX_BASKET_LINES
@@ -67,14 +67,14 @@ def test_same_seed_same_bytes_other_seed_other_bytes(small_data, tmp_path):
     generate(SMALL, again, progress=False)
     names = sorted(path.name for path in small_data.iterdir())
     assert names == sorted(path.name for path in again.iterdir())
-    assert len(names) == SMALL.weeks + 2  # week files, ground_truth.parquet, generator.json
+    assert len(names) == SMALL.weeks + 3  # week files, ground_truth.parquet, promotions.parquet, generator.json
     for name in names:
         assert (small_data / name).read_bytes() == (again / name).read_bytes(), name
 
     other = tmp_path / "other"
     generate(GeneratorConfig(**{**SMALL.as_dict(), "seed": SMALL.seed + 1}), other, progress=False)
     for name in names:
-        if name.startswith("transactions_") or name == GROUND_TRUTH_FILE:
+        if name.startswith("transactions_") or name in (GROUND_TRUTH_FILE, PROMOTION_FILE):
             assert (small_data / name).read_bytes() != (other / name).read_bytes(), name
 
 

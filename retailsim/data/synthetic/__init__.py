@@ -1,5 +1,6 @@
 """The built-in synthetic data set (SPEC 3.2): LGSR-format week files from a shopping process with known
-structure, plus the generator's own probabilities for the test weeks (``ground_truth.parquet``).
+structure, plus the generator's own probabilities for the test weeks (``ground_truth.parquet``) and its
+promotion plan for every week (``promotions.parquet``: what a retailer knows before the week starts).
 
 The world (``catalogue``, ``population``) is drawn once from the seed; then each week is simulated, written and
 dropped (``market`` -> ``shopping`` -> ``labels`` -> ``writer``, and ``oracle`` for test weeks), so memory stays
@@ -28,13 +29,16 @@ from retailsim.data.synthetic.population import build_customers, build_stores
 from retailsim.data.synthetic.shopping import simulate_week
 from retailsim.data.synthetic.writer import (
     GENERATOR_MARKER,
+    PROMOTION_SCHEMA,
     basket_ids,
+    promotion_table,
     week_file_name,
     week_table,
     write_week_csv,
 )
 
 GROUND_TRUTH_FILE = "ground_truth.parquet"
+PROMOTION_FILE = schema.GENERATOR_PROMOTION_FILE
 FORMAT_VERSION = 1
 CONDITIONING = (
     "P(item in slot j) under the generator's slot distribution given the customer's latent state (price band, "
@@ -45,7 +49,7 @@ CONDITIONING = (
     "probability."
 )
 
-__all__ = ["GeneratorConfig", "GenerationSummary", "generate", "GROUND_TRUTH_FILE"]
+__all__ = ["GeneratorConfig", "GenerationSummary", "generate", "GROUND_TRUTH_FILE", "PROMOTION_FILE"]
 
 
 @dataclass
@@ -58,6 +62,7 @@ class GenerationSummary:
     products: int = 0  # distinct products sold
     weeks: int = 0
     ground_truth_rows: int = 0
+    promotion_rows: int = 0
     csv_bytes: int = 0
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)
@@ -69,7 +74,8 @@ class GenerationSummary:
             f"  rows {self.rows:,}  baskets {self.baskets:,} ({self.anonymous_baskets:,} anonymous)  "
             f"customers {self.customers:,}  products {self.products:,}  weeks {self.weeks}",
             f"  {self.weeks} week files ({self.csv_bytes / 1e6:,.1f} MB), {GROUND_TRUTH_FILE} "
-            f"({self.ground_truth_rows:,} test lines), {GENERATOR_MARKER}",
+            f"({self.ground_truth_rows:,} test lines), {PROMOTION_FILE} ({self.promotion_rows:,} promoted "
+            f"product-weeks), {GENERATOR_MARKER}",
             f"  {self.seconds:,.1f} s ({rate:,.0f} rows/s)",
         ]
 
@@ -93,10 +99,14 @@ def generate(
 
     with atomic_folder(out, overwrite=overwrite) as staging:
         truth_writer = pq.ParquetWriter(staging / GROUND_TRUTH_FILE, GROUND_TRUTH_SCHEMA)
+        plan_writer = pq.ParquetWriter(staging / PROMOTION_FILE, PROMOTION_SCHEMA)
         try:
             weeks = tqdm(range(config.weeks), desc="generate", unit="week", disable=not progress)
             for week_index in weeks:
                 market = week_market(catalogue, config.seed, week_index)
+                plan = promotion_table(market, catalogue)
+                plan_writer.write_table(plan)
+                summary.promotion_rows += plan.num_rows
                 week = simulate_week(config.seed, week_index, catalogue, stores, customers, market)
                 labels = basket_labels(week, catalogue, stream(config.seed, STREAM_WEEK_LINES, week_index, 1))
                 table = week_table(week, labels, catalogue, stores, customers)
@@ -118,6 +128,7 @@ def generate(
                 weeks.set_postfix(rows=f"{summary.rows:,}", refresh=False)
         finally:
             truth_writer.close()
+            plan_writer.close()
         summary.customers = int((seen_customers & ~customers.anonymous).sum())
         summary.products = int(seen_products.sum())
         (staging / GENERATOR_MARKER).write_text(json.dumps(_description(config, summary, validation_end), indent=2))
@@ -138,6 +149,13 @@ def _description(config: GeneratorConfig, summary: GenerationSummary, validation
             "weeks": [validation_end + 1, config.weeks],
             "rows": summary.ground_truth_rows,
             "conditioning": CONDITIONING,
+        },
+        "promotions": {
+            "file": PROMOTION_FILE,
+            "rows": summary.promotion_rows,
+            "columns": [field.name for field in PROMOTION_SCHEMA],
+            "known_in_advance": "drawn from the seed and the catalogue before each week's shopping; no "
+                                "transaction of any week enters it",
         },
         "rows": summary.rows,
         "baskets": summary.baskets,

@@ -14,6 +14,7 @@ from retailsim.data import schema
 from retailsim.data.synthetic.calendar import shop_dates, shop_week_code
 from retailsim.data.synthetic.catalogue import Catalogue
 from retailsim.data.synthetic.labels import LABEL_VOCABULARY
+from retailsim.data.synthetic.market import WeekMarket
 from retailsim.data.synthetic.population import REGIONS, STORE_FORMATS, Customers, Stores
 from retailsim.data.synthetic.shopping import WeekBaskets
 
@@ -80,6 +81,24 @@ def week_table(
     columns["STORE_REGION"] = _labels(REGIONS, stores.region[week.trip_store[trip]])
     assert tuple(columns) == schema.LGSR_COLUMNS
     return pa.table(columns)
+
+
+PROMOTION_SCHEMA = pa.schema([
+    ("PROD_CODE", pa.string()), ("SHOP_WEEK", pa.int32()), ("DISCOUNT", pa.float64()), ("PRICE", pa.float64()),
+])
+
+
+def promotion_table(market: WeekMarket, catalogue: Catalogue) -> pa.Table:
+    """The week's promotion plan: one row per promoted product, with the planned fraction off and the planned
+    chain price (before a store's own price factor). It comes from the market draw, which precedes the week's
+    shopping and depends on the seed and the catalogue alone."""
+    promoted = np.flatnonzero(market.discount > 0)
+    return pa.table({
+        "PROD_CODE": catalogue.codes.take(pa.array(promoted)),
+        "SHOP_WEEK": pa.array(np.full(len(promoted), shop_week_code(market.week_index), dtype=np.int32)),
+        "DISCOUNT": pa.array(market.discount[promoted]),
+        "PRICE": pa.array(market.price_cents[promoted] / 100.0),
+    }, schema=PROMOTION_SCHEMA)
 
 
 def write_week_csv(table: pa.Table, path: Path) -> int:

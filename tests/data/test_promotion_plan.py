@@ -1,0 +1,109 @@
+"""The generator's promotion plan (issue 17, data step): written beside the week files, exactly the market's
+discounts, read back in the canonical plan schema with the LGSR reader's ordinal weeks, and never derived
+from any transaction (the leakage rule)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from retailsim.data import promotions, schema
+from retailsim.data.synthetic import PROMOTION_FILE, GeneratorConfig, generate
+from retailsim.data.synthetic.catalogue import build_catalogue
+from retailsim.data.synthetic.market import week_market
+from retailsim.errors import RetailSimInputError
+
+CONFIG = GeneratorConfig(customers=200, products=150, stores=4, weeks=6, seed=5)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plan") / "data"
+    summary = generate(CONFIG, out, progress=False)
+    return out, summary
+
+
+def test_the_plan_is_the_market_discounts_of_every_week(generated):
+    out, summary = generated
+    catalogue = build_catalogue(CONFIG)
+    codes = np.array(catalogue.codes.to_pylist())
+    tables = list(promotions.read_generator_plan(out))
+    assert len(tables) == CONFIG.weeks and all(t.schema == promotions.CANONICAL_PLAN_SCHEMA for t in tables)
+    for ordinal, table in enumerate(tables, start=1):
+        market = week_market(catalogue, CONFIG.seed, ordinal - 1)
+        promoted = np.flatnonzero(market.discount > 0)
+        assert len(promoted) > 0
+        assert table.column("product_id").to_pylist() == codes[promoted].tolist()
+        assert (table.column("week").to_numpy() == ordinal).all()
+        np.testing.assert_array_equal(table.column("discount").to_numpy(), market.discount[promoted])
+        np.testing.assert_allclose(table.column("price").to_numpy(), market.price_cents[promoted] / 100.0)
+    plan = promotions.summarise(iter(tables))
+    assert plan.rows == summary.promotion_rows == sum(t.num_rows for t in tables)
+    assert plan.weeks == CONFIG.weeks
+    assert "promotion plan:" in plan.line() and f"{plan.rows:,}" in plan.line()
+    described = json.loads((out / "generator.json").read_text())["promotions"]
+    assert described["file"] == PROMOTION_FILE and described["rows"] == summary.promotion_rows
+    assert any(PROMOTION_FILE in line for line in summary.lines())
+
+
+def test_promoted_lines_are_sold_at_the_planned_discount(generated):
+    """The plan is what the week's shelf prices follow: a promoted product's lines cost less per unit than the
+    same product's lines in weeks it is not promoted (store factors average out over the lines)."""
+    out, _ = generated
+    plan = pa.concat_tables(promotions.read_generator_plan(out))
+    planned = set(zip(plan.column("product_id").to_pylist(), plan.column("week").to_pylist()))
+    import pyarrow.csv as pa_csv
+
+    on, off = [], []
+    for ordinal, path in enumerate(sorted(out.glob(schema.LGSR_FILE_GLOB)), start=1):
+        week = pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(
+            column_types={"PROD_CODE": pa.string(), "SPEND": pa.float64(), "QUANTITY": pa.float64()}))
+        for product, spend, quantity in zip(week.column("PROD_CODE").to_pylist(), week.column("SPEND").to_pylist(),
+                                            week.column("QUANTITY").to_pylist()):
+            (on if (product, ordinal) in planned else off).append((product, spend / quantity))
+    off_price = {}
+    for product, unit in off:
+        off_price.setdefault(product, []).append(unit)
+    ratios = [unit / np.median(off_price[product]) for product, unit in on if product in off_price]
+    assert len(ratios) > 20 and np.median(ratios) < 0.9
+
+
+def test_the_plan_does_not_depend_on_any_transaction(generated, tmp_path):
+    """The leakage rule: another population (other customers, other stores, so other transactions in every
+    week) leaves the plan byte for byte the same."""
+    out, _ = generated
+    other = tmp_path / "other"
+    generate(GeneratorConfig(**{**CONFIG.as_dict(), "customers": 350, "stores": 6}), other, progress=False)
+    first_week = sorted(out.glob(schema.LGSR_FILE_GLOB))[0].name
+    assert (out / first_week).read_bytes() != (other / first_week).read_bytes()
+    assert pq.read_table(out / PROMOTION_FILE).equals(pq.read_table(other / PROMOTION_FILE))
+
+
+def test_bad_plans_are_one_clear_error(generated, tmp_path):
+    out, _ = generated
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in out.glob(schema.LGSR_FILE_GLOB):
+        (broken / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(RetailSimInputError, match="no promotion plan"):
+        list(promotions.read_generator_plan(broken))
+    plan = pq.read_table(out / PROMOTION_FILE)
+    pq.write_table(plan.drop(["DISCOUNT"]), broken / PROMOTION_FILE)
+    with pytest.raises(RetailSimInputError, match="DISCOUNT"):
+        list(promotions.read_generator_plan(broken))
+    week = plan.column("SHOP_WEEK").to_numpy().copy()
+    week[0] = 199901
+    pq.write_table(plan.set_column(1, "SHOP_WEEK", pa.array(week)), broken / PROMOTION_FILE)
+    with pytest.raises(RetailSimInputError, match="SHOP_WEEK 199901"):
+        list(promotions.read_generator_plan(broken))
+    discount = plan.column("DISCOUNT").to_numpy().copy()
+    discount[3] = 1.5
+    pq.write_table(plan.set_column(2, "DISCOUNT", pa.array(discount)), broken / PROMOTION_FILE)
+    with pytest.raises(RetailSimInputError, match="fraction"):
+        list(promotions.read_generator_plan(broken))
+    (broken / PROMOTION_FILE).write_text("not parquet")
+    with pytest.raises(RetailSimInputError, match="Parquet"):
+        list(promotions.read_generator_plan(broken))
