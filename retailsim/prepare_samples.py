@@ -86,7 +86,12 @@ def print_summary(metadata: dict, out: Path, seconds: float) -> None:
           f"(+PAD/UNK/MASK = {metadata['vocab_size']:,}); stores: {metadata['n_stores']:,}")
     counters = ", ".join(f"{k}={v:,}" for k, v in metadata["source_counters"].items())
     print(f"  tolerated input: {counters}")
-    print(f"  wrote {out}/{{train,validation,test}}.parquet, vocab.json, metadata.json")
+    if metadata.get("promotions"):
+        from retailsim.data.promotions import plan_line
+
+        print(plan_line(metadata["promotions"]))
+    plan = ", promotions.parquet" if metadata.get("promotions") else ""
+    print(f"  wrote {out}/{{train,validation,test}}.parquet, vocab.json{plan}, metadata.json")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ starts, read beside the transactions.
 
 So far one adapter: the generator's own plan (``promotions.parquet`` next to its LGSR week files), read in
 row groups (one per week), its SHOP_WEEK codes mapped to the ordinal weeks the LGSR reader gives the week
-files. The Complete Journey and generic adapters and the Stage 1/2 candidate lists are still to come (issue 17).
+files. Stage 1 keeps it over the product vocabulary (``write_samples_plan``: the samples folder's
+``promotions.parquet``). The Complete Journey and generic adapters, store- and customer-specific plans and the
+tensor cache's candidate lists are still to come (issue 17).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from retailsim.data import schema
@@ -81,3 +84,59 @@ def summarise(tables: Iterator[pa.Table]) -> PlanSummary:
         products.update(table.column("product_id").to_pylist())
     summary.weeks, summary.products = len(weeks), len(products)
     return summary
+
+
+# --- Stage 1: the plan over the product vocabulary ----------------------------------------------------------
+SAMPLES_PLAN_FILE = "promotions.parquet"
+SAMPLES_PLAN_SCHEMA = pa.schema([("week", pa.int16()), ("product", pa.int32()), ("discount", pa.float32())])
+
+
+def write_samples_plan(tables: Iterator[pa.Table], path: Path, product_vocab_id: dict[str, int], unk: int,
+                       n_weeks: int, source_file: str | Path) -> dict:
+    """Stage 1's copy of a plan: one row per (week, vocabulary product), a row group per source table, sorted
+    by product within it; a product outside the vocabulary (UNK) is dropped and counted. Streamed: one source
+    table at a time, the product lookup in Arrow (no Python object per row). Returns metadata.json's entry.
+
+    Only chain-wide plans so far (the generator's): a plan with store or customer columns is refused until
+    Stage 1 maps those ids (issue 17)."""
+    keys = pa.array(list(product_vocab_id), pa.string())
+    ids = np.fromiter(product_vocab_id.values(), dtype=np.int32, count=len(product_vocab_id))
+    entry = {"file": SAMPLES_PLAN_FILE, "rows": 0, "rows_in_source": 0, "dropped_out_of_vocabulary": 0,
+             "weeks": 0}
+    weeks: set[int] = set()
+    with pq.ParquetWriter(path, SAMPLES_PLAN_SCHEMA) as writer:
+        for table in tables:
+            for column in ("store_id", "customer_id"):
+                if column in table.column_names:
+                    raise validation.input_error(source_file, "store- or customer-specific promotion plans are "
+                                                              "not supported yet", column=column)
+            week = table.column("week").to_numpy()
+            outside = (week < 1) | (week > n_weeks)
+            if outside.any():
+                raise validation.input_error(source_file, f"week {int(week[outside][0])} lies outside the data's "
+                                                          f"weeks 1..{n_weeks}", column="week")
+            position = pc.index_in(table.column("product_id"), value_set=keys)
+            position = pc.fill_null(position, -1).to_numpy()
+            product = np.where(position >= 0, ids[np.maximum(position, 0)], unk)
+            keep = product != unk
+            discount = table.column("discount").to_numpy() if "discount" in table.column_names \
+                else np.full(len(week), np.nan)
+            order = np.lexsort((product[keep], week[keep]))
+            writer.write_table(pa.table({
+                "week": pa.array(week[keep][order].astype(np.int16)),
+                "product": pa.array(product[keep][order].astype(np.int32)),
+                "discount": pa.array(discount[keep][order].astype(np.float32)),
+            }, schema=SAMPLES_PLAN_SCHEMA))
+            entry["rows"] += int(keep.sum())
+            entry["rows_in_source"] += len(week)
+            entry["dropped_out_of_vocabulary"] += int((~keep).sum())
+            weeks.update(np.unique(week[keep]).tolist())
+    entry["weeks"] = len(weeks)
+    return entry
+
+
+def plan_line(entry: dict) -> str:
+    """The plan's summary line of prepare-samples."""
+    return (f"  promotion plan: {entry['rows']:,} product-weeks over {entry['weeks']} weeks "
+            f"({entry['dropped_out_of_vocabulary']:,} of {entry['rows_in_source']:,} dropped: products outside "
+            f"the vocabulary)")

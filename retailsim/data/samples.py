@@ -8,6 +8,7 @@ replays the training weeks from a compressed scratch copy). Memory: one week plu
 Output folder:
   train.parquet, validation.parquet, test.parquet   rows = baskets in time order (week, weekday, hour, basket id)
   vocab.json                                        product vocabulary, special ids, hierarchy, popularity
+  promotions.parquet                                the source's promotion plan over the vocabulary, if it has one
   metadata.json                                     sizes, split weeks, input fingerprint, counters, columns
 See ``SAMPLE_COLUMNS`` for the meaning of every column.
 """
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from retailsim.data import schema
+from retailsim.data import promotions, schema
 from retailsim.data.customer_state import CustomerState
 from retailsim.data.readers.validation import input_error, reading
 from retailsim.data.training_stats import PRICE_QUANTUM, TrainingStats, compute_training_stats
@@ -145,6 +146,13 @@ def write_samples(source, out: Path, *, n_products: int = schema.DEFAULT_N_PRODU
         weeks.remove()
 
     (out / "vocab.json").write_text(json.dumps(stats.vocab_json()))
+    plan = source.promotion_plan() if hasattr(source, "promotion_plan") else None
+    plan_entry = None
+    if plan is not None:   # read after the training pass: only the vocabulary is needed, never a transaction
+        tables, plan_file = plan
+        plan_entry = promotions.write_samples_plan(tables, out / promotions.SAMPLES_PLAN_FILE,
+                                                   stats.product_vocab_id, schema.unk_id(stats.n_products), n_weeks,
+                                                   plan_file)
     metadata = {
         "format": "retailsim-samples",
         "format_version": SAMPLES_FORMAT_VERSION,
@@ -169,6 +177,7 @@ def write_samples(source, out: Path, *, n_products: int = schema.DEFAULT_N_PRODU
         "price_median_quantum": PRICE_QUANTUM,
         "splits": {split: {k: v for k, v in vars(c).items() if k != "weeks"} | {"n_weeks": len(c.weeks)}
                    for split, c in counts.items()},
+        "promotions": plan_entry,
         "seconds": round(time.perf_counter() - started, 2),
         **(extra_metadata or {}),
     }

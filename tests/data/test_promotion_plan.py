@@ -107,3 +107,47 @@ def test_bad_plans_are_one_clear_error(generated, tmp_path):
     (broken / PROMOTION_FILE).write_text("not parquet")
     with pytest.raises(RetailSimInputError, match="Parquet"):
         list(promotions.read_generator_plan(broken))
+
+
+def test_stage1_keeps_the_plan_over_the_vocabulary(generated, tmp_path, capsys):
+    from retailsim.cli import module_main
+
+    out, _ = generated
+    samples = tmp_path / "samples"
+    assert module_main("retailsim.prepare_samples",
+                       ["--input", str(out), "--out", str(samples), "--n-products", "60", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    metadata = json.loads((samples / "metadata.json").read_text())
+    entry = metadata["promotions"]
+    vocab = json.loads((samples / "vocab.json").read_text())
+    raw = pa.concat_tables(promotions.read_generator_plan(out))
+    raw_pairs = set(zip(raw.column("product_id").to_pylist(), raw.column("week").to_pylist()))
+    in_vocab = set(vocab["products"])
+    expected = {(p, w) for p, w in raw_pairs if p in in_vocab}
+    kept = pq.read_table(samples / promotions.SAMPLES_PLAN_FILE)
+    assert kept.schema == promotions.SAMPLES_PLAN_SCHEMA
+    pairs = {(vocab["products"][p - 1], w) for p, w in zip(kept.column("product").to_pylist(),
+                                                           kept.column("week").to_pylist())}
+    assert pairs == expected and len(pairs) == kept.num_rows > 0
+    assert entry["rows"] == kept.num_rows and entry["rows_in_source"] == raw.num_rows
+    assert entry["dropped_out_of_vocabulary"] == raw.num_rows - kept.num_rows > 0   # 60 of 150 products kept
+    assert "promotion plan:" in printed and "promotions.parquet" in printed
+    discount = dict(zip(zip(raw.column("product_id").to_pylist(), raw.column("week").to_pylist()),
+                        raw.column("discount").to_pylist()))
+    for p, w, d in zip(kept.column("product").to_pylist(), kept.column("week").to_pylist(),
+                       kept.column("discount").to_pylist()):
+        assert d == pytest.approx(discount[(vocab["products"][p - 1], w)], rel=1e-6)
+
+
+def test_a_source_without_a_plan_gets_none(generated, tmp_path):
+    from retailsim.cli import module_main
+
+    out, _ = generated
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for path in out.glob(schema.LGSR_FILE_GLOB):
+        (bare / path.name).write_bytes(path.read_bytes())
+    samples = tmp_path / "samples"
+    assert module_main("retailsim.prepare_samples", ["--input", str(bare), "--out", str(samples), "--quiet"]) == 0
+    assert json.loads((samples / "metadata.json").read_text())["promotions"] is None
+    assert not (samples / promotions.SAMPLES_PLAN_FILE).exists()

@@ -65,7 +65,20 @@ class LGSRSource:
         return len(self.week_codes)
 
     def fingerprint(self) -> str:
-        return validation.files_fingerprint(self.files, extra=self.name)
+        plan = self._plan_path()
+        return validation.files_fingerprint(self.files + ((plan,) if plan else ()), extra=self.name)
+
+    def _plan_path(self) -> Path | None:
+        from retailsim.data import promotions   # promotions reads the week codes through this class
+
+        return promotions.generator_plan_path(self.folder)
+
+    def promotion_plan(self) -> tuple[Iterator[pa.Table], Path] | None:
+        """(the folder's promotion plan as canonical tables, its file), or None: the generator writes one."""
+        from retailsim.data import promotions
+
+        path = self._plan_path()
+        return None if path is None else (promotions.read_generator_plan(self.folder), path)
 
     def weeks(self) -> Iterator[tuple[int, pa.Table]]:
         for ordinal, (code, path) in enumerate(zip(self.week_codes, self.files), start=1):
