@@ -171,6 +171,19 @@ class TensorCache:
                                       f"counts; rerun prepare-tensor-cache.")
         return counts
 
+    def promoted(self) -> np.ndarray | None:
+        """bool [n_weeks + 1, vocab_size]: product p is in week w's promotion plan (row 0 unused); None when
+        the cache has no plan. A week or product id outside the cache's sizes is a damaged cache."""
+        if "promotions/plan_week_offsets" not in self.manifest["arrays"]:
+            return None
+        offsets = self.array("promotions/plan_week_offsets")
+        products = self.array("promotions/plan_products")
+        self._check_offsets(offsets, "promotions/plan_week_offsets", len(products), "promotions/plan_products")
+        self._check_range(products, "promotions/plan_products", 1, self.n_products, "the vocabulary's products")
+        table = np.zeros((len(offsets) - 1, self.vocab_size), dtype=bool)
+        table[np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)), products] = True
+        return table
+
     @property
     def samples_folder(self) -> Path | None:
         """The Stage 1 folder the cache was built from, as recorded (it may have moved since)."""

@@ -4,8 +4,9 @@ Batches come from ``make_loader(..., train=False, shuffle=False, bucket=False, s
 (at least one) replaced by MASK, chosen by the counter-based RNG at the fixed evaluation epoch, so every evaluation
 of a checkpoint (and every baseline) sees the same masks; ``max_batches`` takes the first batches in split order.
 Score rows are built a few baskets at a time (at most ``chunk_rows`` tokens), so memory stays O(chunk_rows * V).
-Buckets: the basket's prior-basket bucket (schema.PRIOR_BUCKETS) and repeat (the target is in the customer's
-history window, ``Batch.history_items``) vs explore.
+Buckets: the basket's prior-basket bucket (schema.PRIOR_BUCKETS), repeat (the target is in the customer's
+history window, ``Batch.history_items``) vs explore, and, when the cache holds a promotion plan, promoted (the
+target is in the plan of the basket's week) vs not promoted.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from retailsim.eval.metrics import score_tokens, summarize, allowed_candidates
 from retailsim.eval.oracle import Oracle, oracle_metrics
 
 BUCKETS = (*schema.PRIOR_BUCKETS, "repeat", "explore")
+PLAN_BUCKETS = ("promoted", "not_promoted")  # only with a promotion plan in the cache
 AUX_METRICS = {"basket_size": "acc_basket_size", "basket_price_band": "acc_price_band",
                "basket_type": "acc_basket_type", "basket_mission": "acc_mission"}
 
@@ -55,7 +57,8 @@ def masked_tokens(batch: Batch, n_products: int) -> tuple[dict[str, torch.Tensor
                           torch.zeros_like(batch.basket_items))  # [B, S]: the basket's unmasked items
     in_history = ((batch.history_items[rows] == targets[:, None]) & batch.history_valid[rows]).any(1)
     tokens = {"rows": rows, "cols": cols, "targets": targets, "visible": visible, "repeat": in_history,
-              "bucket": batch.bucket[rows], "sample_index": batch.sample_index[rows]}
+              "bucket": batch.bucket[rows], "sample_index": batch.sample_index[rows],
+              "week": batch.time[rows, 0]}
     return tokens, int((~known).sum())
 
 
@@ -87,7 +90,10 @@ class Evaluator:
         self.cache_dir, self.batch_size, self.max_batches, self.seed = Path(cache_dir), batch_size, max_batches, seed
         self.device, self.max_history, self.chunk_rows = torch.device(device), max_history, chunk_rows
         self.ground_truth, self.show_progress = ground_truth, show_progress
-        self.n_products = TensorCache.open(self.cache_dir).n_products
+        cache = TensorCache.open(self.cache_dir)
+        self.n_products = cache.n_products
+        plan = cache.promoted()
+        self.promoted = None if plan is None else torch.from_numpy(plan)  # [n_weeks + 1, V] bool
         self.stats = bl.BaselineStatistics.from_cache(self.cache_dir)
 
     def batches(self, split: str):
@@ -153,7 +159,7 @@ class Evaluator:
             model.eval()
         scorers = (["model"] if model is not None else []) + list(bl.BASELINES)
         results = {name: _Results() for name in scorers}
-        repeat, bucket, sample_index, targets_all = [], [], [], []
+        repeat, bucket, sample_index, targets_all, promoted = [], [], [], [], []
         aux_correct = {name: [0, 0] for name in AUX_METRICS}
         majority_correct = {name: [0, 0] for name in AUX_METRICS}
         n_unk = 0
@@ -164,6 +170,8 @@ class Evaluator:
             bucket.append(tokens["bucket"])
             sample_index.append(tokens["sample_index"])
             targets_all.append(tokens["targets"])
+            if self.promoted is not None:
+                promoted.append(self.promoted[tokens["week"], tokens["targets"]])
             self._majority(batch, majority_correct)
             probs = self._baseline_probs(batch, tokens)
             probs["blend"] = bl.blend_probs(blend_weights, probs["popularity"], probs["personal"], probs["cooccurrence"])
@@ -203,6 +211,9 @@ class Evaluator:
         baseline_metrics["blend"]["validation_mrr"] = validation_mrr
         subsets = {name: bucket == i for i, name in enumerate(schema.PRIOR_BUCKETS)}
         subsets.update({"repeat": repeat, "explore": ~repeat})
+        if self.promoted is not None:
+            on_plan = torch.cat(promoted) if promoted else torch.zeros(0, dtype=torch.bool)
+            subsets.update({"promoted": on_plan, "not_promoted": ~on_plan})
         buckets = {name: {"n_tokens": int(mask.sum()),
                           "model": results["model"].summary(mask) if model is not None else None,
                           "blend": results["blend"].summary(mask)} for name, mask in subsets.items()}

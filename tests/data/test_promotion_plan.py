@@ -19,6 +19,14 @@ from retailsim.errors import RetailSimInputError
 CONFIG = GeneratorConfig(customers=200, products=150, stores=4, weeks=6, seed=5)
 
 
+def _week_files_only(generated_folder, folder):
+    """A copy of the generated week files alone: an LGSR folder without a plan."""
+    folder.mkdir()
+    for path in generated_folder.glob(schema.LGSR_FILE_GLOB):
+        (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     out = tmp_path_factory.mktemp("plan") / "data"
@@ -84,10 +92,7 @@ def test_the_plan_does_not_depend_on_any_transaction(generated, tmp_path):
 
 def test_bad_plans_are_one_clear_error(generated, tmp_path):
     out, _ = generated
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for path in out.glob(schema.LGSR_FILE_GLOB):
-        (broken / path.name).write_bytes(path.read_bytes())
+    broken = _week_files_only(out, tmp_path / "broken")
     with pytest.raises(RetailSimInputError, match="no promotion plan"):
         list(promotions.read_generator_plan(broken))
     plan = pq.read_table(out / PROMOTION_FILE)
@@ -143,11 +148,70 @@ def test_a_source_without_a_plan_gets_none(generated, tmp_path):
     from retailsim.cli import module_main
 
     out, _ = generated
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for path in out.glob(schema.LGSR_FILE_GLOB):
-        (bare / path.name).write_bytes(path.read_bytes())
+    bare = _week_files_only(out, tmp_path / "bare")
     samples = tmp_path / "samples"
     assert module_main("retailsim.prepare_samples", ["--input", str(bare), "--out", str(samples), "--quiet"]) == 0
     assert json.loads((samples / "metadata.json").read_text())["promotions"] is None
     assert not (samples / promotions.SAMPLES_PLAN_FILE).exists()
+
+
+@pytest.fixture(scope="module")
+def plan_cache(generated, tmp_path_factory):
+    from retailsim.cli import module_main
+
+    out, _ = generated
+    root = tmp_path_factory.mktemp("plan_cache")
+    assert module_main("retailsim.prepare_samples", ["--input", str(out), "--out", str(root / "samples"),
+                                                     "--n-products", "100", "--quiet"]) == 0
+    assert module_main("retailsim.prepare_tensor_cache", ["--samples", str(root / "samples"), "--out",
+                                                          str(root / "cache"), "--quiet"]) == 0
+    return root
+
+
+def test_stage2_keeps_the_plan_as_per_week_product_lists(plan_cache):
+    from retailsim.data.cache_reader import TensorCache
+
+    cache = TensorCache.open(plan_cache / "cache")
+    table = cache.promoted()
+    kept = pq.read_table(plan_cache / "samples" / promotions.SAMPLES_PLAN_FILE)
+    assert table.shape == (CONFIG.weeks + 1, cache.vocab_size) and not table[0].any()
+    expected = np.zeros_like(table)
+    expected[kept.column("week").to_numpy(), kept.column("product").to_numpy()] = True
+    np.testing.assert_array_equal(table, expected)
+    assert table.sum() == kept.num_rows > 0
+
+
+def test_evaluation_splits_promoted_from_other_targets(plan_cache):
+    from retailsim.data.cache_reader import TensorCache
+    from retailsim.eval.evaluator import Evaluator
+
+    results = Evaluator(plan_cache / "cache", batch_size=64).evaluate(None, "test")
+    buckets = results["buckets"]
+    assert {"promoted", "not_promoted"} <= buckets.keys()
+    assert buckets["promoted"]["n_tokens"] + buckets["not_promoted"]["n_tokens"] == results["n_tokens"]
+    assert buckets["promoted"]["n_tokens"] > 0 and buckets["promoted"]["blend"]["hr@10"] is not None
+    # Recount from the cache's own arrays: the test baskets' items that are in their week's plan, of the masked
+    # ones the evaluator saw (all of them: no max_batches), can only be that many or fewer.
+    cache = TensorCache.open(plan_cache / "cache")
+    arrays = cache.split_arrays("test")
+    table = cache.promoted()
+    offsets, items, weeks = arrays["basket_item_offsets"], arrays["item_ids"], arrays["week"]
+    item_week = np.repeat(weeks.astype(np.int64), np.diff(offsets))
+    on_plan_items = int(table[item_week, items].sum())
+    assert 0 < buckets["promoted"]["n_tokens"] <= on_plan_items
+
+
+def test_a_cache_without_a_plan_has_no_plan_buckets(generated, tmp_path):
+    from retailsim.cli import module_main
+    from retailsim.data.cache_reader import TensorCache
+    from retailsim.eval.evaluator import Evaluator
+
+    out, _ = generated
+    bare = _week_files_only(out, tmp_path / "bare")
+    assert module_main("retailsim.prepare_samples", ["--input", str(bare), "--out", str(tmp_path / "s"),
+                                                     "--quiet"]) == 0
+    assert module_main("retailsim.prepare_tensor_cache", ["--samples", str(tmp_path / "s"), "--out",
+                                                          str(tmp_path / "c"), "--quiet"]) == 0
+    assert TensorCache.open(tmp_path / "c").promoted() is None
+    results = Evaluator(tmp_path / "c", batch_size=64, max_batches=1).evaluate(None, "test")
+    assert "promoted" not in results["buckets"]

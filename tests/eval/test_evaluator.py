@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from retailsim.cli import module_main
-from retailsim.eval.evaluator import BUCKETS, Evaluator
+from retailsim.eval.evaluator import BUCKETS, PLAN_BUCKETS, Evaluator
 from retailsim.eval.oracle import Oracle, default_ground_truth, oracle_metrics
 from retailsim.model import WorldModel, WorldModelConfig, data_sizes_from_cache
 from tests.eval.conftest import save_checkpoint
@@ -38,8 +38,9 @@ def test_json_follows_spec_5(cli_run, tiny_checkpoint):
     assert set(results["baselines"]) == {"popularity", "personal", "cooccurrence", "blend"}
     for values in results["baselines"].values():
         assert set(METRICS) <= set(values)
-    assert set(results["buckets"]) == set(BUCKETS) == {"prior_0", "prior_1_4", "prior_5_19", "prior_20_plus",
-                                                       "repeat", "explore"}
+    assert set(BUCKETS) == {"prior_0", "prior_1_4", "prior_5_19", "prior_20_plus", "repeat", "explore"}
+    # the generated data carries its promotion plan, so the plan's two buckets come too
+    assert set(results["buckets"]) == set(BUCKETS) | set(PLAN_BUCKETS)
     for bucket in results["buckets"].values():
         assert set(bucket) == {"n_tokens", "model", "blend"}
     prior = sum(results["buckets"][b]["n_tokens"] for b in BUCKETS[:4])
