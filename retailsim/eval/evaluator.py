@@ -114,6 +114,37 @@ class Evaluator:
                 "personal": self.stats.personal_probs(batch.history_items, batch.history_valid),
                 "cooccurrence": self.stats.cooccurrence_probs(tokens["visible"])}
 
+    def _plan_rows(self, batch: Batch) -> torch.Tensor:
+        """bool [B, V]: each basket's week's promotion plan."""
+        return self.promoted[batch.time[:, 0]]
+
+    def tune_promotion_weight(self, weights: tuple[float, float, float],
+                              split: str = "validation") -> tuple[float, float]:
+        """The weight of bl.PROMOTION_WEIGHTS maximising the promotion_blend's MRR on ``split`` (with the blend's
+        weights) and that MRR."""
+        reciprocal = [[] for _ in bl.PROMOTION_WEIGHTS]   # per-token 1/rank, summed once: the same whatever the chunks
+        n_tokens = 0
+        for batch in self.batches(split):
+            tokens, _ = masked_tokens(batch, self.n_products)
+            probs = self._baseline_probs(batch, tokens)
+            blend = bl.blend_probs(weights, probs["popularity"], probs["personal"], probs["cooccurrence"])
+            plan = self._plan_rows(batch)
+            for part in basket_chunks(tokens["rows"], self.chunk_rows):
+                rows, targets = tokens["rows"][part], tokens["targets"][part]
+                allowed = allowed_candidates(self.n_products, tokens["visible"][rows])
+                before_target = torch.arange(allowed.shape[1])[None, :] < targets[:, None]
+                for g, weight in enumerate(bl.PROMOTION_WEIGHTS):
+                    mixed = bl.promotion_probs(blend[rows], probs["popularity"][rows], plan[rows], weight) * allowed
+                    target = mixed.gather(1, targets[:, None])
+                    rank = 1 + (mixed > target).sum(1, dtype=torch.int32) + ((mixed == target) & before_target).sum(1, dtype=torch.int32)
+                    reciprocal[g].append(1.0 / rank.double())
+                n_tokens += len(targets)
+        if n_tokens == 0:
+            return 1.0, 0.0
+        totals = torch.stack([torch.cat(parts).sum() for parts in reciprocal])
+        best = int(torch.argmax(totals))  # first maximum: weight 0 (the blend) wins a tie
+        return bl.PROMOTION_WEIGHTS[best], float(totals[best] / n_tokens)
+
     def tune_blend(self, split: str = "validation") -> tuple[tuple[float, float, float], float]:
         """Blend weights maximising MRR on ``split`` (validation: never the evaluated split) and that MRR."""
         grid = bl.blend_grid()
@@ -144,7 +175,8 @@ class Evaluator:
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module | None, split: str, *,
-                 blend_weights: tuple[float, float, float] | None = None) -> dict:
+                 blend_weights: tuple[float, float, float] | None = None,
+                 promotion_weight: float | None = None) -> dict:
         """The SPEC 5 result dictionary (without "checkpoint")."""
         from retailsim.data.cache_reader import TensorCache
 
@@ -157,7 +189,11 @@ class Evaluator:
             validation_mrr = None
         if model is not None:
             model.eval()
-        scorers = (["model"] if model is not None else []) + list(bl.BASELINES)
+        baselines = list(bl.BASELINES) + ([bl.PROMOTION_BASELINE] if self.promoted is not None else [])
+        promotion_mrr = None
+        if self.promoted is not None and promotion_weight is None:
+            promotion_weight, promotion_mrr = self.tune_promotion_weight(blend_weights)
+        scorers = (["model"] if model is not None else []) + baselines
         results = {name: _Results() for name in scorers}
         repeat, bucket, sample_index, targets_all, promoted = [], [], [], [], []
         aux_correct = {name: [0, 0] for name in AUX_METRICS}
@@ -175,6 +211,9 @@ class Evaluator:
             self._majority(batch, majority_correct)
             probs = self._baseline_probs(batch, tokens)
             probs["blend"] = bl.blend_probs(blend_weights, probs["popularity"], probs["personal"], probs["cooccurrence"])
+            if self.promoted is not None:
+                probs[bl.PROMOTION_BASELINE] = bl.promotion_probs(probs["blend"], probs["popularity"],
+                                                                  self._plan_rows(batch), promotion_weight)
             output = None
             if model is not None:
                 on_device = batch.to(self.device)
@@ -183,7 +222,7 @@ class Evaluator:
             for part in basket_chunks(tokens["rows"], self.chunk_rows):
                 rows, targets = tokens["rows"][part], tokens["targets"][part]
                 allowed = allowed_candidates(self.n_products, tokens["visible"][rows])
-                for name in bl.BASELINES:
+                for name in baselines:
                     results[name].add(score_tokens(bl.log_scores(probs[name][rows]), allowed, targets, rows))
                 if output is not None:
                     logits = model.slot_scores(output, on_device, rows.to(self.device),
@@ -205,10 +244,13 @@ class Evaluator:
         metrics = results[main].summary() if model is not None else None
         if metrics is not None:
             metrics.update({AUX_METRICS[name]: acc(t) for name, t in aux_correct.items()})
-        baseline_metrics = {name: results[name].summary() for name in bl.BASELINES}
+        baseline_metrics = {name: results[name].summary() for name in baselines}
         baseline_metrics["popularity"].update({AUX_METRICS[name]: acc(t) for name, t in majority_correct.items()})
         baseline_metrics["blend"]["weights"] = dict(zip(("popularity", "personal", "cooccurrence"), blend_weights))
         baseline_metrics["blend"]["validation_mrr"] = validation_mrr
+        if self.promoted is not None:
+            baseline_metrics[bl.PROMOTION_BASELINE].update(promotion_weight=promotion_weight,
+                                                           validation_mrr=promotion_mrr)
         subsets = {name: bucket == i for i, name in enumerate(schema.PRIOR_BUCKETS)}
         subsets.update({"repeat": repeat, "explore": ~repeat})
         if self.promoted is not None:
@@ -216,7 +258,9 @@ class Evaluator:
             subsets.update({"promoted": on_plan, "not_promoted": ~on_plan})
         buckets = {name: {"n_tokens": int(mask.sum()),
                           "model": results["model"].summary(mask) if model is not None else None,
-                          "blend": results["blend"].summary(mask)} for name, mask in subsets.items()}
+                          "blend": results["blend"].summary(mask),
+                          **({bl.PROMOTION_BASELINE: results[bl.PROMOTION_BASELINE].summary(mask)}
+                             if self.promoted is not None else {})} for name, mask in subsets.items()}
         return {"split": split, "n_tokens": int(len(repeat)), "n_unk_targets": n_unk, "metrics": metrics,
                 "baselines": baseline_metrics, "oracle": self._oracle(split, sample_index, targets_all),
                 "buckets": buckets}

@@ -62,11 +62,18 @@ def markdown_table(results: dict) -> str:
     if oracle:
         lines += ["", f"Oracle: the generator's own rank (basket's other items excluded, slightly optimistic); "
                       f"coverage {oracle['coverage']:.3f} of the tokens."]
-    lines += ["", "| bucket | tokens | model hr@10 | blend hr@10 | model mrr | blend mrr |", "|---|---:|---:|---:|---:|---:|"]
+    promotion = results["baselines"].get("promotion_blend")
+    if promotion:
+        lines += ["", f"Promotion-aware blend: {1 - promotion['promotion_weight']:g} blend + "
+                      f"{promotion['promotion_weight']:g} popularity over the week's promoted products (the weight "
+                      f"tuned on validation, max MRR)."]
+    scorers = ["model", "blend"] + (["promotion_blend"] if promotion else [])
+    header = " | ".join(f"{scorer} {metric}" for metric in ("hr@10", "mrr") for scorer in scorers)
+    lines += ["", f"| bucket | tokens | {header} |", "|---|---:|" + "---:|" * (2 * len(scorers))]
     for name, bucket in results["buckets"].items():
-        model, blend = bucket.get("model") or {}, bucket.get("blend") or {}
-        lines.append(f"| {name} | {bucket['n_tokens']} | {_cell(model.get('hr@10'))} | {_cell(blend.get('hr@10'))} | "
-                     f"{_cell(model.get('mrr'))} | {_cell(blend.get('mrr'))} |")
+        cells = " | ".join(_cell((bucket.get(scorer) or {}).get(metric)) for metric in ("hr@10", "mrr")
+                           for scorer in scorers)
+        lines.append(f"| {name} | {bucket['n_tokens']} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

@@ -215,3 +215,29 @@ def test_a_cache_without_a_plan_has_no_plan_buckets(generated, tmp_path):
     assert TensorCache.open(tmp_path / "c").promoted() is None
     results = Evaluator(tmp_path / "c", batch_size=64, max_batches=1).evaluate(None, "test")
     assert "promoted" not in results["buckets"]
+
+
+def test_the_promotion_aware_blend(tmp_path):
+    """Tuned on validation it never loses there (weight 0 is the blend itself); given weight, it ranks the
+    promoted targets higher than the blend does (the generator plants the effect) and the others lower."""
+    from retailsim.cli import module_main
+    from retailsim.eval import baselines as bl
+    from retailsim.eval.evaluator import Evaluator
+
+    generate(GeneratorConfig(customers=1500, products=300, stores=6, weeks=16, seed=7), tmp_path / "raw",
+             progress=False)
+    assert module_main("retailsim.prepare_samples", ["--input", str(tmp_path / "raw"), "--out",
+                                                     str(tmp_path / "samples"), "--quiet"]) == 0
+    assert module_main("retailsim.prepare_tensor_cache", ["--samples", str(tmp_path / "samples"), "--out",
+                                                          str(tmp_path / "cache"), "--quiet"]) == 0
+    evaluator = Evaluator(tmp_path / "cache", batch_size=256)
+    weights, blend_mrr = evaluator.tune_blend("validation")
+    weight, promotion_mrr = evaluator.tune_promotion_weight(weights)
+    assert weight in bl.PROMOTION_WEIGHTS and promotion_mrr >= blend_mrr
+    tuned = evaluator.evaluate(None, "test", blend_weights=weights)
+    assert tuned["baselines"][bl.PROMOTION_BASELINE]["promotion_weight"] == weight
+    forced = evaluator.evaluate(None, "test", blend_weights=weights, promotion_weight=0.05)
+    promoted, others = forced["buckets"]["promoted"], forced["buckets"]["not_promoted"]
+    assert promoted["n_tokens"] > 50
+    assert promoted[bl.PROMOTION_BASELINE]["mrr"] > promoted["blend"]["mrr"]
+    assert others[bl.PROMOTION_BASELINE]["mrr"] <= others["blend"]["mrr"]

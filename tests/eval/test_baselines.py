@@ -103,7 +103,8 @@ def test_blend_weights_come_from_validation_not_the_evaluated_split(eval_cache, 
 
     monkeypatch.setattr(Evaluator, "batches", recording)
     results = evaluator.evaluate(None, "test")
-    assert tuned_on == ["validation", "test"]
+    # the blend's weights, then (the generated data has a promotion plan) the promotion lift, both on validation
+    assert tuned_on == ["validation", "validation", "test"]
     weights, mrr = evaluator.tune_blend("validation")
     blend = results["baselines"]["blend"]
     assert tuple(blend["weights"].values()) == weights and blend["validation_mrr"] == pytest.approx(mrr)

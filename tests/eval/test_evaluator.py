@@ -35,14 +35,14 @@ def test_json_follows_spec_5(cli_run, tiny_checkpoint):
     assert results["checkpoint"] == str(tiny_checkpoint) and results["split"] == "test"
     assert results["n_tokens"] > 0 and results["n_unk_targets"] >= 0
     assert set(METRICS + AUX) <= set(results["metrics"])
-    assert set(results["baselines"]) == {"popularity", "personal", "cooccurrence", "blend"}
+    assert set(results["baselines"]) == {"popularity", "personal", "cooccurrence", "blend", "promotion_blend"}
     for values in results["baselines"].values():
         assert set(METRICS) <= set(values)
     assert set(BUCKETS) == {"prior_0", "prior_1_4", "prior_5_19", "prior_20_plus", "repeat", "explore"}
     # the generated data carries its promotion plan, so the plan's two buckets come too
     assert set(results["buckets"]) == set(BUCKETS) | set(PLAN_BUCKETS)
     for bucket in results["buckets"].values():
-        assert set(bucket) == {"n_tokens", "model", "blend"}
+        assert set(bucket) == {"n_tokens", "model", "blend", "promotion_blend"}
     prior = sum(results["buckets"][b]["n_tokens"] for b in BUCKETS[:4])
     assert prior == results["n_tokens"] == results["buckets"]["repeat"]["n_tokens"] + results["buckets"]["explore"]["n_tokens"]
     m = results["metrics"]
@@ -58,7 +58,7 @@ def test_report_files_are_written(cli_run):
         assert path.is_file() and path.stat().st_size > 1000, name
     assert out.with_name("test_results_metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = out.with_suffix(".md").read_text()
-    assert "| metric | model | popularity | personal | cooccurrence | blend | oracle |" in table
+    assert "| metric | model | popularity | personal | cooccurrence | blend | promotion_blend | oracle |" in table
     assert not list(out.parent.glob(".*tmp*"))
 
 
