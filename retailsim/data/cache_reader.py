@@ -171,18 +171,21 @@ class TensorCache:
                                       f"counts; rerun prepare-tensor-cache.")
         return counts
 
-    def promoted(self) -> np.ndarray | None:
-        """bool [n_weeks + 1, vocab_size]: product p is in week w's promotion plan (row 0 unused); None when
-        the cache has no plan. A week or product id outside the cache's sizes is a damaged cache."""
+    def promotion_plan(self):
+        """The cache's promotion plan (``retailsim.data.promotions.PromotionPlan``), or None without one. A
+        week, store or product id outside the cache's sizes is a damaged cache."""
         if "promotions/plan_week_offsets" not in self.manifest["arrays"]:
             return None
+        from retailsim.data.promotions import PromotionPlan
+
         offsets = self.array("promotions/plan_week_offsets")
-        products = self.array("promotions/plan_products")
+        products, stores = self.array("promotions/plan_products"), self.array("promotions/plan_store")
         self._check_offsets(offsets, "promotions/plan_week_offsets", len(products), "promotions/plan_products")
         self._check_range(products, "promotions/plan_products", 1, self.n_products, "the vocabulary's products")
-        table = np.zeros((len(offsets) - 1, self.vocab_size), dtype=bool)
-        table[np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)), products] = True
-        return table
+        self._check_range(stores, "promotions/plan_store", 0, self.n_stores, "n_stores")
+        if len(stores) != len(products):
+            raise self._damaged("promotions/plan_store", f"has {len(stores)} rows, plan_products {len(products)}")
+        return PromotionPlan(np.asarray(offsets), np.asarray(stores), np.asarray(products), self.vocab_size)
 
     @property
     def samples_folder(self) -> Path | None:

@@ -3,9 +3,10 @@ starts, read beside the transactions.
 
 So far one adapter: the generator's own plan (``promotions.parquet`` next to its LGSR week files), read in
 row groups (one per week), its SHOP_WEEK codes mapped to the ordinal weeks the LGSR reader gives the week
-files. Stage 1 keeps it over the product vocabulary (``write_samples_plan``: the samples folder's
-``promotions.parquet``). The Complete Journey and generic adapters, store- and customer-specific plans and the
-tensor cache's candidate lists are still to come (issue 17).
+files. Stage 1 keeps a plan over the product vocabulary and the training stores (``write_samples_plan``: the
+samples folder's ``promotions.parquet``), Stage 2 as per-week lists (``PromotionPlan`` reads them back for a
+basket's week and store). Still to come (issue 17): the Complete Journey and generic adapters and
+customer-specific rows (targeted coupons).
 """
 from __future__ import annotations
 
@@ -88,48 +89,61 @@ def summarise(tables: Iterator[pa.Table]) -> PlanSummary:
 
 # --- Stage 1: the plan over the product vocabulary ----------------------------------------------------------
 SAMPLES_PLAN_FILE = "promotions.parquet"
-SAMPLES_PLAN_SCHEMA = pa.schema([("week", pa.int16()), ("product", pa.int32()), ("discount", pa.float32())])
+SAMPLES_PLAN_SCHEMA = pa.schema([("week", pa.int16()), ("store", pa.int32()), ("product", pa.int32()),
+                                 ("discount", pa.float32())])
+
+
+def _lookup(values: pa.ChunkedArray | pa.Array, table: dict[str, int], missing: int) -> np.ndarray:
+    """ids of string ``values`` through ``table`` (Arrow's hash lookup, no Python object per row); ``missing``
+    where a value is not in it, 0 where it is null."""
+    keys = pa.array(list(table), pa.string())
+    ids = np.fromiter(table.values(), dtype=np.int64, count=len(table))
+    position = pc.fill_null(pc.index_in(pc.cast(values, pa.string()), value_set=keys), -1).to_numpy()
+    out = np.where(position >= 0, ids[np.maximum(position, 0)] if len(ids) else 0, missing)
+    nulls = pc.is_null(values).to_numpy(zero_copy_only=False)
+    return np.where(nulls, 0, out)
 
 
 def write_samples_plan(tables: Iterator[pa.Table], path: Path, product_vocab_id: dict[str, int], unk: int,
-                       n_weeks: int, source_file: str | Path) -> dict:
-    """Stage 1's copy of a plan: one row per (week, vocabulary product), a row group per source table, sorted
-    by product within it; a product outside the vocabulary (UNK) is dropped and counted. Streamed: one source
-    table at a time, the product lookup in Arrow (no Python object per row). Returns metadata.json's entry.
+                       store_ids: dict[str, int], n_weeks: int, source_file: str | Path) -> dict:
+    """Stage 1's copy of a plan: one row per (week, store, vocabulary product), store 0 = every store, a row
+    group per source table, sorted by (week, store, product) within it. A product outside the vocabulary (UNK)
+    or a store not among the training stores is dropped and counted. Streamed: one source table at a time.
+    Returns metadata.json's entry.
 
-    Only chain-wide plans so far (the generator's): a plan with store or customer columns is refused until
-    Stage 1 maps those ids (issue 17)."""
-    keys = pa.array(list(product_vocab_id), pa.string())
-    ids = np.fromiter(product_vocab_id.values(), dtype=np.int32, count=len(product_vocab_id))
+    Customer-specific rows (targeted coupons) are refused until Stage 1 maps customer keys (issue 17)."""
     entry = {"file": SAMPLES_PLAN_FILE, "rows": 0, "rows_in_source": 0, "dropped_out_of_vocabulary": 0,
-             "weeks": 0}
+             "dropped_unknown_store": 0, "weeks": 0, "store_specific_rows": 0}
     weeks: set[int] = set()
     with pq.ParquetWriter(path, SAMPLES_PLAN_SCHEMA) as writer:
         for table in tables:
-            for column in ("store_id", "customer_id"):
-                if column in table.column_names:
-                    raise validation.input_error(source_file, "store- or customer-specific promotion plans are "
-                                                              "not supported yet", column=column)
+            if "customer_id" in table.column_names:
+                raise validation.input_error(source_file, "customer-specific promotion plans (targeted coupons) "
+                                                          "are not supported yet", column="customer_id")
             week = table.column("week").to_numpy()
             outside = (week < 1) | (week > n_weeks)
             if outside.any():
                 raise validation.input_error(source_file, f"week {int(week[outside][0])} lies outside the data's "
                                                           f"weeks 1..{n_weeks}", column="week")
-            position = pc.index_in(table.column("product_id"), value_set=keys)
-            position = pc.fill_null(position, -1).to_numpy()
-            product = np.where(position >= 0, ids[np.maximum(position, 0)], unk)
-            keep = product != unk
+            product = _lookup(table.column("product_id"), product_vocab_id, unk)
+            store = (_lookup(table.column("store_id"), store_ids, -1) if "store_id" in table.column_names
+                     else np.zeros(len(week), np.int64))
+            in_vocab, known_store = (product != unk) & (product > 0), store >= 0
+            keep = in_vocab & known_store
             discount = table.column("discount").to_numpy() if "discount" in table.column_names \
                 else np.full(len(week), np.nan)
-            order = np.lexsort((product[keep], week[keep]))
+            order = np.lexsort((product[keep], store[keep], week[keep]))
             writer.write_table(pa.table({
                 "week": pa.array(week[keep][order].astype(np.int16)),
+                "store": pa.array(store[keep][order].astype(np.int32)),
                 "product": pa.array(product[keep][order].astype(np.int32)),
                 "discount": pa.array(discount[keep][order].astype(np.float32)),
             }, schema=SAMPLES_PLAN_SCHEMA))
             entry["rows"] += int(keep.sum())
             entry["rows_in_source"] += len(week)
-            entry["dropped_out_of_vocabulary"] += int((~keep).sum())
+            entry["dropped_out_of_vocabulary"] += int((~in_vocab).sum())
+            entry["dropped_unknown_store"] += int((in_vocab & ~known_store).sum())
+            entry["store_specific_rows"] += int((keep & (store > 0)).sum())
             weeks.update(np.unique(week[keep]).tolist())
     entry["weeks"] = len(weeks)
     return entry
@@ -137,6 +151,42 @@ def write_samples_plan(tables: Iterator[pa.Table], path: Path, product_vocab_id:
 
 def plan_line(entry: dict) -> str:
     """The plan's summary line of prepare-samples."""
-    return (f"  promotion plan: {entry['rows']:,} product-weeks over {entry['weeks']} weeks "
+    stores = f", {entry['store_specific_rows']:,} of them for one store" if entry.get("store_specific_rows") else ""
+    return (f"  promotion plan: {entry['rows']:,} product-weeks over {entry['weeks']} weeks{stores} "
             f"({entry['dropped_out_of_vocabulary']:,} of {entry['rows_in_source']:,} dropped: products outside "
-            f"the vocabulary)")
+            f"the vocabulary; {entry.get('dropped_unknown_store', 0):,}: stores not in the training weeks)")
+
+
+class PromotionPlan:
+    """A tensor cache's plan: which products are promoted to a basket, from its week and store (a row of store
+    0 holds in every store). Built from the cache's per-week arrays; the (week, store) lists are cut on first
+    use."""
+
+    def __init__(self, week_offsets: np.ndarray, stores: np.ndarray, products: np.ndarray, vocab_size: int):
+        self.week_offsets, self.stores, self.products, self.vocab_size = week_offsets, stores, products, vocab_size
+        self._lists: dict[tuple[int, int], np.ndarray] = {}
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.products)
+
+    def products_for(self, week: int, store: int) -> np.ndarray:
+        """Product ids promoted in ``week`` at ``store``: the week's every-store rows and that store's own."""
+        key = (week, store)
+        if key not in self._lists:
+            if not 0 <= week < len(self.week_offsets) - 1:
+                self._lists[key] = np.zeros(0, np.int64)
+            else:
+                lo, hi = self.week_offsets[week], self.week_offsets[week + 1]
+                rows = self.stores[lo:hi]
+                self._lists[key] = np.unique(self.products[lo:hi][(rows == 0) | ((rows == store) & (store > 0))])
+        return self._lists[key]
+
+    def rows(self, weeks, stores):
+        """bool torch tensor [B, vocab_size]: the products promoted to each basket (its week and store)."""
+        import torch
+
+        table = torch.zeros(len(weeks), self.vocab_size, dtype=torch.bool)
+        for b, (week, store) in enumerate(zip(np.asarray(weeks).tolist(), np.asarray(stores).tolist())):
+            table[b, torch.from_numpy(self.products_for(week, store))] = True
+        return table

@@ -151,8 +151,8 @@ def write_samples(source, out: Path, *, n_products: int = schema.DEFAULT_N_PRODU
     if plan is not None:   # read after the training pass: only the vocabulary is needed, never a transaction
         tables, plan_file = plan
         plan_entry = promotions.write_samples_plan(tables, out / promotions.SAMPLES_PLAN_FILE,
-                                                   stats.product_vocab_id, schema.unk_id(stats.n_products), n_weeks,
-                                                   plan_file)
+                                                   stats.product_vocab_id, schema.unk_id(stats.n_products),
+                                                   stats.store_ids, n_weeks, plan_file)
     metadata = {
         "format": "retailsim-samples",
         "format_version": SAMPLES_FORMAT_VERSION,

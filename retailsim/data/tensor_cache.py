@@ -7,8 +7,9 @@ Layout of the output folder (n = baskets of the split, m = their items, K = cust
   vocab/*.npy                per product id [vocab_size]: hierarchy ids, training basket counts, median price
   streams/*.npy              per-customer item streams, ONE for all splits (see retailsim.data.customer_streams)
   train/, validation/, test/ per-basket and per-item arrays, rows in Stage 1 order (time order)
-  promotions/*.npy           the promotion plan, when Stage 1 kept one: week w's promoted product ids are
-                             plan_products[plan_week_offsets[w]:plan_week_offsets[w+1]] (w = 0..n_weeks)
+  promotions/*.npy           the promotion plan, when Stage 1 kept one: week w's rows are
+                             [plan_week_offsets[w], plan_week_offsets[w+1]) of plan_store (0 = every store),
+                             plan_products and plan_discount, sorted by (store, product) (w = 0..n_weeks)
 Basket b's items are ``item_ids[basket_item_offsets[b]:basket_item_offsets[b+1]]``; its history window is
 ``stream_items[history_start[b]:history_end[b]]`` (earlier baskets only) with ``stream_weeks`` the week of each.
 
@@ -174,7 +175,7 @@ def write_tensor_cache(samples: Path, out: Path, *, show_progress: bool = True, 
     _write_vocab_arrays(vocab_arrays, out, arrays)
     if metadata.get("promotions"):
         _write_plan_arrays(samples / metadata["promotions"]["file"], int(metadata["n_weeks"]),
-                           int(metadata["n_products"]), out, arrays)
+                           int(metadata["n_products"]), int(metadata["n_stores"]), out, arrays)
     manifest.update({
         "samples": str(samples.resolve()),
         "samples_metadata": metadata,
@@ -277,27 +278,31 @@ def _write_vocab_arrays(vocab: dict[str, np.ndarray], out: Path, arrays: dict) -
         arrays[f"vocab/{name}"] = _describe(f"vocab/{name}.npy", str(values.dtype), values.shape, "vocab", meaning)
 
 
-def _write_plan_arrays(path: Path, n_weeks: int, n_products: int, out: Path, arrays: dict) -> None:
+def _write_plan_arrays(path: Path, n_weeks: int, n_products: int, n_stores: int, out: Path, arrays: dict) -> None:
     """Stage 1's plan as per-week lists of product ids (with each one's planned discount), sorted by week then
     product. A row outside the weeks or the vocabulary is a corrupt samples folder."""
     import pyarrow.parquet as pq
 
     try:
-        plan = pq.read_table(path, columns=["week", "product", "discount"])
+        plan = pq.read_table(path, columns=["week", "store", "product", "discount"])
     except (OSError, pa.ArrowInvalid, KeyError) as error:
         raise corrupt_samples_error(path, f"cannot be read as Stage 1's promotion plan ({error})") from None
     week = plan.column("week").to_numpy().astype(np.int64)
     product = plan.column("product").to_numpy().astype(np.int32)
+    store = plan.column("store").to_numpy().astype(np.int32)
     if len(week) and (week.min() < 1 or week.max() > n_weeks):
         raise corrupt_samples_error(path, f"a week lies outside 1..{n_weeks}", column="week")
     if len(product) and (product.min() < 1 or product.max() > n_products):
         raise corrupt_samples_error(path, f"a product id lies outside 1..{n_products}", column="product")
-    order = np.lexsort((product, week))
+    if len(store) and (store.min() < 0 or store.max() > n_stores):
+        raise corrupt_samples_error(path, f"a store id lies outside 0..{n_stores}", column="store")
+    order = np.lexsort((product, store, week))
     offsets = np.concatenate([[0], np.cumsum(np.bincount(week, minlength=n_weeks + 1))]).astype(np.int64)
     (out / "promotions").mkdir()
     entries = {
         "plan_week_offsets": (offsets, f"[n_weeks + 2]: week w's plan is plan_products[offsets[w]:offsets[w+1]]"),
-        "plan_products": (product[order], "promoted product ids, by week then id"),
+        "plan_store": (store[order], "the store a row holds in, 0 = every store"),
+        "plan_products": (product[order], "promoted product ids, by week, store, id"),
         "plan_discount": (plan.column("discount").to_numpy().astype(np.float32)[order],
                           "planned fraction off (NaN: not given)"),
     }

@@ -6,7 +6,7 @@ of a checkpoint (and every baseline) sees the same masks; ``max_batches`` takes 
 Score rows are built a few baskets at a time (at most ``chunk_rows`` tokens), so memory stays O(chunk_rows * V).
 Buckets: the basket's prior-basket bucket (schema.PRIOR_BUCKETS), repeat (the target is in the customer's
 history window, ``Batch.history_items``) vs explore, and, when the cache holds a promotion plan, promoted (the
-target is in the plan of the basket's week) vs not promoted.
+target is in the plan of the basket's week and store) vs not promoted.
 """
 from __future__ import annotations
 
@@ -57,8 +57,7 @@ def masked_tokens(batch: Batch, n_products: int) -> tuple[dict[str, torch.Tensor
                           torch.zeros_like(batch.basket_items))  # [B, S]: the basket's unmasked items
     in_history = ((batch.history_items[rows] == targets[:, None]) & batch.history_valid[rows]).any(1)
     tokens = {"rows": rows, "cols": cols, "targets": targets, "visible": visible, "repeat": in_history,
-              "bucket": batch.bucket[rows], "sample_index": batch.sample_index[rows],
-              "week": batch.time[rows, 0]}
+              "bucket": batch.bucket[rows], "sample_index": batch.sample_index[rows]}
     return tokens, int((~known).sum())
 
 
@@ -92,8 +91,7 @@ class Evaluator:
         self.ground_truth, self.show_progress = ground_truth, show_progress
         cache = TensorCache.open(self.cache_dir)
         self.n_products = cache.n_products
-        plan = cache.promoted()
-        self.promoted = None if plan is None else torch.from_numpy(plan)  # [n_weeks + 1, V] bool
+        self.plan = cache.promotion_plan()  # None without a plan
         self.stats = bl.BaselineStatistics.from_cache(self.cache_dir)
 
     def batches(self, split: str):
@@ -115,8 +113,8 @@ class Evaluator:
                 "cooccurrence": self.stats.cooccurrence_probs(tokens["visible"])}
 
     def _plan_rows(self, batch: Batch) -> torch.Tensor:
-        """bool [B, V]: each basket's week's promotion plan."""
-        return self.promoted[batch.time[:, 0]]
+        """bool [B, V]: the products promoted to each basket (its week and store)."""
+        return self.plan.rows(batch.time[:, 0].numpy(), batch.store[:, 0].numpy())
 
     def tune_promotion_weight(self, weights: tuple[float, float, float],
                               split: str = "validation") -> tuple[float, float]:
@@ -189,9 +187,9 @@ class Evaluator:
             validation_mrr = None
         if model is not None:
             model.eval()
-        baselines = list(bl.BASELINES) + ([bl.PROMOTION_BASELINE] if self.promoted is not None else [])
+        baselines = list(bl.BASELINES) + ([bl.PROMOTION_BASELINE] if self.plan is not None else [])
         promotion_mrr = None
-        if self.promoted is not None and promotion_weight is None:
+        if self.plan is not None and promotion_weight is None:
             promotion_weight, promotion_mrr = self.tune_promotion_weight(blend_weights)
         scorers = (["model"] if model is not None else []) + baselines
         results = {name: _Results() for name in scorers}
@@ -206,14 +204,15 @@ class Evaluator:
             bucket.append(tokens["bucket"])
             sample_index.append(tokens["sample_index"])
             targets_all.append(tokens["targets"])
-            if self.promoted is not None:
-                promoted.append(self.promoted[tokens["week"], tokens["targets"]])
+            plan_rows = self._plan_rows(batch) if self.plan is not None else None
+            if plan_rows is not None:
+                promoted.append(plan_rows[tokens["rows"], tokens["targets"]])
             self._majority(batch, majority_correct)
             probs = self._baseline_probs(batch, tokens)
             probs["blend"] = bl.blend_probs(blend_weights, probs["popularity"], probs["personal"], probs["cooccurrence"])
-            if self.promoted is not None:
-                probs[bl.PROMOTION_BASELINE] = bl.promotion_probs(probs["blend"], probs["popularity"],
-                                                                  self._plan_rows(batch), promotion_weight)
+            if self.plan is not None:
+                probs[bl.PROMOTION_BASELINE] = bl.promotion_probs(probs["blend"], probs["popularity"], plan_rows,
+                                                                  promotion_weight)
             output = None
             if model is not None:
                 on_device = batch.to(self.device)
@@ -248,19 +247,19 @@ class Evaluator:
         baseline_metrics["popularity"].update({AUX_METRICS[name]: acc(t) for name, t in majority_correct.items()})
         baseline_metrics["blend"]["weights"] = dict(zip(("popularity", "personal", "cooccurrence"), blend_weights))
         baseline_metrics["blend"]["validation_mrr"] = validation_mrr
-        if self.promoted is not None:
+        if self.plan is not None:
             baseline_metrics[bl.PROMOTION_BASELINE].update(promotion_weight=promotion_weight,
                                                            validation_mrr=promotion_mrr)
         subsets = {name: bucket == i for i, name in enumerate(schema.PRIOR_BUCKETS)}
         subsets.update({"repeat": repeat, "explore": ~repeat})
-        if self.promoted is not None:
+        if self.plan is not None:
             on_plan = torch.cat(promoted) if promoted else torch.zeros(0, dtype=torch.bool)
             subsets.update({"promoted": on_plan, "not_promoted": ~on_plan})
         buckets = {name: {"n_tokens": int(mask.sum()),
                           "model": results["model"].summary(mask) if model is not None else None,
                           "blend": results["blend"].summary(mask),
                           **({bl.PROMOTION_BASELINE: results[bl.PROMOTION_BASELINE].summary(mask)}
-                             if self.promoted is not None else {})} for name, mask in subsets.items()}
+                             if self.plan is not None else {})} for name, mask in subsets.items()}
         return {"split": split, "n_tokens": int(len(repeat)), "n_unk_targets": n_unk, "metrics": metrics,
                 "baselines": baseline_metrics, "oracle": self._oracle(split, sample_index, targets_all),
                 "buckets": buckets}

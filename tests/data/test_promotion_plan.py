@@ -172,13 +172,55 @@ def test_stage2_keeps_the_plan_as_per_week_product_lists(plan_cache):
     from retailsim.data.cache_reader import TensorCache
 
     cache = TensorCache.open(plan_cache / "cache")
-    table = cache.promoted()
+    plan = cache.promotion_plan()
     kept = pq.read_table(plan_cache / "samples" / promotions.SAMPLES_PLAN_FILE)
-    assert table.shape == (CONFIG.weeks + 1, cache.vocab_size) and not table[0].any()
-    expected = np.zeros_like(table)
-    expected[kept.column("week").to_numpy(), kept.column("product").to_numpy()] = True
-    np.testing.assert_array_equal(table, expected)
-    assert table.sum() == kept.num_rows > 0
+    assert plan.n_rows == kept.num_rows > 0 and (kept.column("store").to_numpy() == 0).all()
+    for week in range(CONFIG.weeks + 2):
+        expected = sorted(p for p, w in zip(kept.column("product").to_pylist(), kept.column("week").to_pylist())
+                          if w == week)
+        assert plan.products_for(week, 1).tolist() == expected   # chain-wide rows hold in every store
+    rows = plan.rows(np.array([1, 2, 0]), np.array([3, 0, 1]))
+    assert rows.shape == (3, cache.vocab_size) and not rows[2].any()
+    assert set(np.flatnonzero(rows[0].numpy())) == set(plan.products_for(1, 3).tolist())
+
+
+def test_store_specific_plans_hold_in_their_store_only(tmp_path):
+    """A hand-made source whose plan has chain-wide rows (null store) and single stores' rows: Stage 1 maps the
+    stores to training ids (sorted names: S0 -> 1, S1 -> 2, S2 -> 3; an unknown store is dropped and counted),
+    Stage 2 keeps them, and a basket sees the chain-wide products plus its own store's."""
+    from retailsim.data.cache_reader import TensorCache
+    from retailsim.data.samples import write_samples
+    from retailsim.data.tensor_cache import write_tensor_cache
+    from tests.data.stage_fixtures import TableSource, random_lines
+
+    class PlannedSource(TableSource):
+        def promotion_plan(self):
+            plan = pa.table({"product_id": pa.array(["P001", "P002", "P003", "P002", "P001", "P999"]),
+                             "week": pa.array([3, 3, 3, 4, 3, 3], pa.int64()),
+                             "store_id": pa.array([None, "S1", "S2", "S1", "nowhere", None]),
+                             "discount": pa.array([0.1, 0.2, 0.3, 0.2, 0.5, 0.1])})
+            return iter([plan]), tmp_path / "plan.parquet"
+
+    samples, cache_dir = tmp_path / "samples", tmp_path / "cache"
+    samples.mkdir()
+    cache_dir.mkdir()
+    metadata = write_samples(PlannedSource(random_lines(seed=3, n_weeks=12, n_products=12)), samples,
+                             show_progress=False)
+    vocab_id = {p: i + 1 for i, p in enumerate(json.loads((samples / "vocab.json").read_text())["products"])}
+    assert {"P001", "P002", "P003"} <= vocab_id.keys() and "P999" not in vocab_id
+    entry = metadata["promotions"]
+    assert (entry["rows"], entry["dropped_unknown_store"], entry["dropped_out_of_vocabulary"]) == (4, 1, 1)
+    assert entry["store_specific_rows"] == 3 and metadata["n_stores"] == 3
+    write_tensor_cache(samples, cache_dir, show_progress=False)
+    plan = TensorCache.open(cache_dir).promotion_plan()
+    p1, p2, p3 = vocab_id["P001"], vocab_id["P002"], vocab_id["P003"]
+    assert plan.products_for(3, 0).tolist() == [p1]                   # unknown store: the chain-wide rows only
+    assert plan.products_for(3, 1).tolist() == [p1]                   # S0
+    assert plan.products_for(3, 2).tolist() == sorted([p1, p2])       # S1
+    assert plan.products_for(3, 3).tolist() == sorted([p1, p3])       # S2
+    assert plan.products_for(4, 2).tolist() == [p2] and plan.products_for(4, 3).tolist() == []
+    rows = plan.rows(np.array([3, 4]), np.array([3, 2]))
+    assert set(np.flatnonzero(rows[0].numpy())) == {p1, p3} and set(np.flatnonzero(rows[1].numpy())) == {p2}
 
 
 def test_evaluation_splits_promoted_from_other_targets(plan_cache):
@@ -194,10 +236,10 @@ def test_evaluation_splits_promoted_from_other_targets(plan_cache):
     # ones the evaluator saw (all of them: no max_batches), can only be that many or fewer.
     cache = TensorCache.open(plan_cache / "cache")
     arrays = cache.split_arrays("test")
-    table = cache.promoted()
+    plan = cache.promotion_plan()
     offsets, items, weeks = arrays["basket_item_offsets"], arrays["item_ids"], arrays["week"]
-    item_week = np.repeat(weeks.astype(np.int64), np.diff(offsets))
-    on_plan_items = int(table[item_week, items].sum())
+    on_plan_items = sum(int(np.isin(items[offsets[b]:offsets[b + 1]], plan.products_for(int(weeks[b]), 0)).sum())
+                        for b in range(len(weeks)))
     assert 0 < buckets["promoted"]["n_tokens"] <= on_plan_items
 
 
@@ -212,7 +254,7 @@ def test_a_cache_without_a_plan_has_no_plan_buckets(generated, tmp_path):
                                                      "--quiet"]) == 0
     assert module_main("retailsim.prepare_tensor_cache", ["--samples", str(tmp_path / "s"), "--out",
                                                           str(tmp_path / "c"), "--quiet"]) == 0
-    assert TensorCache.open(tmp_path / "c").promoted() is None
+    assert TensorCache.open(tmp_path / "c").promotion_plan() is None
     results = Evaluator(tmp_path / "c", batch_size=64, max_batches=1).evaluate(None, "test")
     assert "promoted" not in results["buckets"]
 
