@@ -90,7 +90,8 @@ def summarise(tables: Iterator[pa.Table]) -> PlanSummary:
 # --- Stage 1: the plan over the product vocabulary ----------------------------------------------------------
 SAMPLES_PLAN_FILE = "promotions.parquet"
 SAMPLES_PLAN_SCHEMA = pa.schema([("week", pa.int16()), ("store", pa.int32()), ("product", pa.int32()),
-                                 ("discount", pa.float32())])
+                                 ("discount", pa.float32()), ("display", pa.int8()), ("mailer", pa.int8())])
+NOT_GIVEN = -1  # display / mailer of a plan that does not say
 
 
 def _lookup(values: pa.ChunkedArray | pa.Array, table: dict[str, int], missing: int) -> np.ndarray:
@@ -130,14 +131,21 @@ def write_samples_plan(tables: Iterator[pa.Table], path: Path, product_vocab_id:
                      else np.zeros(len(week), np.int64))
             in_vocab, known_store = (product != unk) & (product > 0), store >= 0
             keep = in_vocab & known_store
-            discount = table.column("discount").to_numpy() if "discount" in table.column_names \
-                else np.full(len(week), np.nan)
+            def optional(name, missing):
+                if name not in table.column_names:
+                    return np.full(len(week), missing)
+                return pc.fill_null(table.column(name), missing).to_numpy()
+
+            discount, display, mailer = optional("discount", np.nan), optional("display", NOT_GIVEN), \
+                optional("mailer", NOT_GIVEN)
             order = np.lexsort((product[keep], store[keep], week[keep]))
             writer.write_table(pa.table({
                 "week": pa.array(week[keep][order].astype(np.int16)),
                 "store": pa.array(store[keep][order].astype(np.int32)),
                 "product": pa.array(product[keep][order].astype(np.int32)),
                 "discount": pa.array(discount[keep][order].astype(np.float32)),
+                "display": pa.array(display[keep][order].astype(np.int8)),
+                "mailer": pa.array(mailer[keep][order].astype(np.int8)),
             }, schema=SAMPLES_PLAN_SCHEMA))
             entry["rows"] += int(keep.sum())
             entry["rows_in_source"] += len(week)

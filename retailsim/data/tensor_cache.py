@@ -284,7 +284,7 @@ def _write_plan_arrays(path: Path, n_weeks: int, n_products: int, n_stores: int,
     import pyarrow.parquet as pq
 
     try:
-        plan = pq.read_table(path, columns=["week", "store", "product", "discount"])
+        plan = pq.read_table(path, columns=["week", "store", "product", "discount", "display", "mailer"])
     except (OSError, pa.ArrowInvalid, KeyError) as error:
         raise corrupt_samples_error(path, f"cannot be read as Stage 1's promotion plan ({error})") from None
     week = plan.column("week").to_numpy().astype(np.int64)
@@ -305,6 +305,10 @@ def _write_plan_arrays(path: Path, n_weeks: int, n_products: int, n_stores: int,
         "plan_products": (product[order], "promoted product ids, by week, store, id"),
         "plan_discount": (plan.column("discount").to_numpy().astype(np.float32)[order],
                           "planned fraction off (NaN: not given)"),
+        "plan_display": (plan.column("display").to_numpy().astype(np.int8)[order],
+                         "1 = on an in-store display, 0 = not, -1 = not given"),
+        "plan_mailer": (plan.column("mailer").to_numpy().astype(np.int8)[order],
+                        "1 = in the week's mailer, 0 = not, -1 = not given"),
     }
     for name, (values, meaning) in entries.items():
         np.save(out / "promotions" / f"{name}.npy", values)

