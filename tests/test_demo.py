@@ -11,7 +11,9 @@ def test_demo_writes_the_report(tmp_path, capsys):
     assert status == 0
     results = json.loads((out / "test_results.json").read_text())
     assert results["split"] == "test" and results["n_tokens"] > 0
-    assert set(results["baselines"]) == {"popularity", "personal", "cooccurrence", "blend"}
+    # the generated data carries its promotion plan, so the promotion-aware blend is reported too
+    assert set(results["baselines"]) == {"popularity", "personal", "cooccurrence", "blend", "promotion_blend"}
+    assert {"promoted", "not_promoted"} <= set(results["buckets"])
     assert results["oracle"] is not None  # the generator's ground truth was found and joined
     assert (out / "checkpoints" / "best_model.pt").is_file()
     assert (out / "test_results.md").read_text().strip()
