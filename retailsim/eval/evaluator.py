@@ -78,6 +78,13 @@ def basket_chunks(rows: torch.Tensor, max_rows: int) -> list[slice]:
     return chunks
 
 
+def _tie_ranks(mixed: torch.Tensor, targets: torch.Tensor, before_target: torch.Tensor) -> torch.Tensor:
+    """metrics.target_ranks' tie rule for scores [r, V] that are 0 outside the allowed set: a disallowed candidate
+    (0) can neither beat nor tie an allowed target (> 0)."""
+    target = mixed.gather(1, targets[:, None])  # [r, 1]
+    return 1 + (mixed > target).sum(1, dtype=torch.int32) + ((mixed == target) & before_target).sum(1, dtype=torch.int32)
+
+
 class Evaluator:
     """Evaluates a model (or only the baselines, ``model=None``) on a split of the tensor cache ``cache_dir``."""
 
@@ -116,29 +123,34 @@ class Evaluator:
         """bool [B, V]: the products promoted to each basket (its week and store)."""
         return self.plan.rows(batch.time[:, 0].numpy(), batch.store[:, 0].numpy())
 
+    def _tuning_chunks(self, split: str, with_plan: bool = False):
+        """What the grid searches score, chunk by chunk of ``split``'s basket rows: (the batch's baseline
+        distributions [B, V], its plan rows [B, V] or None, rows, targets, allowed [r, V], before_target [r, V])."""
+        for batch in self.batches(split):
+            tokens, _ = masked_tokens(batch, self.n_products)
+            probs = self._baseline_probs(batch, tokens)
+            plan = self._plan_rows(batch) if with_plan else None
+            for part in basket_chunks(tokens["rows"], self.chunk_rows):
+                rows, targets = tokens["rows"][part], tokens["targets"][part]
+                allowed = allowed_candidates(self.n_products, tokens["visible"][rows])
+                before_target = torch.arange(allowed.shape[1])[None, :] < targets[:, None]  # [r, V]
+                yield probs, plan, rows, targets, allowed, before_target
+
     def tune_promotion_weight(self, weights: tuple[float, float, float],
                               split: str = "validation") -> tuple[float, float]:
         """The weight of bl.PROMOTION_WEIGHTS maximising the promotion_blend's MRR on ``split`` (with the blend's
         weights) and that MRR."""
         reciprocal = [[] for _ in bl.PROMOTION_WEIGHTS]   # per-token 1/rank, summed once: the same whatever the chunks
         n_tokens = 0
-        for batch in self.batches(split):
-            tokens, _ = masked_tokens(batch, self.n_products)
-            probs = self._baseline_probs(batch, tokens)
-            blend = bl.blend_probs(weights, probs["popularity"], probs["personal"], probs["cooccurrence"])
-            plan = self._plan_rows(batch)
-            for part in basket_chunks(tokens["rows"], self.chunk_rows):
-                rows, targets = tokens["rows"][part], tokens["targets"][part]
-                allowed = allowed_candidates(self.n_products, tokens["visible"][rows])
-                before_target = torch.arange(allowed.shape[1])[None, :] < targets[:, None]
-                for g, weight in enumerate(bl.PROMOTION_WEIGHTS):
-                    mixed = bl.promotion_probs(blend[rows], probs["popularity"][rows], plan[rows], weight) * allowed
-                    target = mixed.gather(1, targets[:, None])
-                    rank = 1 + (mixed > target).sum(1, dtype=torch.int32) + ((mixed == target) & before_target).sum(1, dtype=torch.int32)
-                    reciprocal[g].append(1.0 / rank.double())
-                n_tokens += len(targets)
+        for probs, plan, rows, targets, allowed, before_target in self._tuning_chunks(split, with_plan=True):
+            blend = bl.blend_probs(weights, probs["popularity"][rows], probs["personal"][rows],
+                                   probs["cooccurrence"][rows])
+            for g, weight in enumerate(bl.PROMOTION_WEIGHTS):
+                mixed = bl.promotion_probs(blend, probs["popularity"][rows], plan[rows], weight) * allowed
+                reciprocal[g].append(1.0 / _tie_ranks(mixed, targets, before_target).double())
+            n_tokens += len(targets)
         if n_tokens == 0:
-            return 1.0, 0.0
+            return bl.PROMOTION_WEIGHTS[0], 0.0
         totals = torch.stack([torch.cat(parts).sum() for parts in reciprocal])
         best = int(torch.argmax(totals))  # first maximum: weight 0 (the blend) wins a tie
         return bl.PROMOTION_WEIGHTS[best], float(totals[best] / n_tokens)
@@ -148,24 +160,15 @@ class Evaluator:
         grid = bl.blend_grid()
         reciprocal = torch.zeros(len(grid), dtype=torch.float64)
         n_tokens = 0
-        for batch in self.batches(split):
-            tokens, _ = masked_tokens(batch, self.n_products)
-            probs = self._baseline_probs(batch, tokens)
-            for part in basket_chunks(tokens["rows"], self.chunk_rows):
-                rows, targets = tokens["rows"][part], tokens["targets"][part]
-                allowed = allowed_candidates(self.n_products, tokens["visible"][rows])
-                # zero outside the allowed set; every mixture is > 0 on it (popularity or its tie-break share)
-                chunk = {name: p[rows] * allowed for name, p in probs.items()}
-                before_target = torch.arange(allowed.shape[1])[None, :] < targets[:, None]  # [r, V]
-                mixed = torch.empty_like(chunk["popularity"])
-                for g, (w_pop, w_personal, w_cooc) in enumerate(grid):
-                    torch.mul(chunk["popularity"], w_pop, out=mixed)
-                    mixed.add_(chunk["personal"], alpha=w_personal).add_(chunk["cooccurrence"], alpha=w_cooc)
-                    target = mixed.gather(1, targets[:, None])  # [r, 1], > 0
-                    # metrics.target_ranks' tie rule; disallowed candidates (0) can neither beat nor tie the target
-                    rank = 1 + (mixed > target).sum(1, dtype=torch.int32) + ((mixed == target) & before_target).sum(1, dtype=torch.int32)
-                    reciprocal[g] += (1.0 / rank.double()).sum()
-                n_tokens += len(targets)
+        for probs, _, rows, targets, allowed, before_target in self._tuning_chunks(split):
+            # zero outside the allowed set; every mixture is > 0 on it (popularity or its tie-break share)
+            chunk = {name: p[rows] * allowed for name, p in probs.items()}
+            mixed = torch.empty_like(chunk["popularity"])
+            for g, (w_pop, w_personal, w_cooc) in enumerate(grid):
+                torch.mul(chunk["popularity"], w_pop, out=mixed)
+                mixed.add_(chunk["personal"], alpha=w_personal).add_(chunk["cooccurrence"], alpha=w_cooc)
+                reciprocal[g] += (1.0 / _tie_ranks(mixed, targets, before_target).double()).sum()
+            n_tokens += len(targets)
         if n_tokens == 0:
             return (1.0, 0.0, 0.0), 0.0
         best = int(torch.argmax(reciprocal))  # first maximum: the grid order is the tie rule
