@@ -10,7 +10,6 @@ customer-specific rows (targeted coupons).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -26,16 +25,6 @@ from retailsim.data.readers.lgsr import LGSRSource
 CANONICAL_PLAN_SCHEMA = pa.schema([("product_id", pa.string()), ("week", pa.int64()), ("discount", pa.float64()),
                                    ("price", pa.float64())])
 _RAW_COLUMNS = ("PROD_CODE", "SHOP_WEEK", "DISCOUNT", "PRICE")
-
-
-@dataclass
-class PlanSummary:
-    rows: int = 0
-    weeks: int = 0
-    products: int = 0
-
-    def line(self) -> str:
-        return f"promotion plan: {self.rows:,} product-weeks over {self.weeks} weeks, {self.products:,} products"
 
 
 def generator_plan_path(folder: str | Path) -> Path | None:
@@ -76,17 +65,6 @@ def read_generator_plan(folder: str | Path) -> Iterator[pa.Table]:
                         "discount": pa.array(discount), "price": raw.column("PRICE")}, schema=CANONICAL_PLAN_SCHEMA)
 
 
-def summarise(tables: Iterator[pa.Table]) -> PlanSummary:
-    """Rows, distinct weeks and distinct products of a plan (streamed: one table at a time)."""
-    summary, weeks, products = PlanSummary(), set(), set()
-    for table in tables:
-        summary.rows += table.num_rows
-        weeks.update(table.column("week").to_numpy().tolist())
-        products.update(table.column("product_id").to_pylist())
-    summary.weeks, summary.products = len(weeks), len(products)
-    return summary
-
-
 # --- Stage 1: the plan over the product vocabulary ----------------------------------------------------------
 SAMPLES_PLAN_FILE = "promotions.parquet"
 SAMPLES_PLAN_SCHEMA = pa.schema([("week", pa.int16()), ("store", pa.int32()), ("product", pa.int32()),
@@ -94,11 +72,15 @@ SAMPLES_PLAN_SCHEMA = pa.schema([("week", pa.int16()), ("store", pa.int32()), ("
 NOT_GIVEN = -1  # display / mailer of a plan that does not say
 
 
-def _lookup(values: pa.ChunkedArray | pa.Array, table: dict[str, int], missing: int) -> np.ndarray:
-    """ids of string ``values`` through ``table`` (Arrow's hash lookup, no Python object per row); ``missing``
+def _id_table(table: dict[str, int]) -> tuple[pa.Array, np.ndarray]:
+    """(keys, ids) of a str -> id dict, built once for ``_lookup``."""
+    return pa.array(list(table), pa.string()), np.fromiter(table.values(), dtype=np.int64, count=len(table))
+
+
+def _lookup(values: pa.ChunkedArray | pa.Array, id_table: tuple[pa.Array, np.ndarray], missing: int) -> np.ndarray:
+    """ids of string ``values`` through ``id_table`` (Arrow's hash lookup, no Python object per row); ``missing``
     where a value is not in it, 0 where it is null."""
-    keys = pa.array(list(table), pa.string())
-    ids = np.fromiter(table.values(), dtype=np.int64, count=len(table))
+    keys, ids = id_table
     position = pc.fill_null(pc.index_in(pc.cast(values, pa.string()), value_set=keys), -1).to_numpy()
     out = np.where(position >= 0, ids[np.maximum(position, 0)] if len(ids) else 0, missing)
     nulls = pc.is_null(values).to_numpy(zero_copy_only=False)
@@ -116,6 +98,7 @@ def write_samples_plan(tables: Iterator[pa.Table], path: Path, product_vocab_id:
     entry = {"file": SAMPLES_PLAN_FILE, "rows": 0, "rows_in_source": 0, "dropped_out_of_vocabulary": 0,
              "dropped_unknown_store": 0, "weeks": 0, "store_specific_rows": 0}
     weeks: set[int] = set()
+    products, stores = _id_table(product_vocab_id), _id_table(store_ids)   # once, not per source table
     with pq.ParquetWriter(path, SAMPLES_PLAN_SCHEMA) as writer:
         for table in tables:
             if "customer_id" in table.column_names:
@@ -126,8 +109,8 @@ def write_samples_plan(tables: Iterator[pa.Table], path: Path, product_vocab_id:
             if outside.any():
                 raise validation.input_error(source_file, f"week {int(week[outside][0])} lies outside the data's "
                                                           f"weeks 1..{n_weeks}", column="week")
-            product = _lookup(table.column("product_id"), product_vocab_id, unk)
-            store = (_lookup(table.column("store_id"), store_ids, -1) if "store_id" in table.column_names
+            product = _lookup(table.column("product_id"), products, unk)
+            store = (_lookup(table.column("store_id"), stores, -1) if "store_id" in table.column_names
                      else np.zeros(len(week), np.int64))
             in_vocab, known_store = (product != unk) & (product > 0), store >= 0
             keep = in_vocab & known_store
