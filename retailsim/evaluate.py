@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     with output_lock(args.output, "--output"):  # a second evaluate into the same file is refused at once
         model = load_model(args.checkpoint, args.data, device)
         evaluator = Evaluator(args.data, batch_size=args.batch_size, max_batches=args.max_batches, seed=args.seed,
-                              device=device, max_history=model.config.max_history, ground_truth=ground_truth,
+                              device=device, max_history=model.config.max_history,
+                              max_promotions=model.config.max_promotions, ground_truth=ground_truth,
                               show_progress=not args.quiet)
         results = {"checkpoint": str(args.checkpoint), **evaluator.evaluate(model, args.split)}
         paths = write_report(results, args.output, metrics_log=args.metrics_log)

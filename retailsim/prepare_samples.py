@@ -24,6 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--map", default=None, metavar="canonical=SOURCE,...",
                         help="generic format: source column of each canonical column, e.g. "
                         "basket_id=ORDER_ID,customer_id=USER_ID,week=WEEK")
+    parser.add_argument("--promotions", default=None, metavar="PATH",
+                        help="generic format: a promotion plan (CSV/Parquet file or folder), one row per promoted "
+                        "product and week: product_id, week (or timestamp, as the transactions' time), and "
+                        "optionally store_id, discount, display, mailer")
+    parser.add_argument("--promotions-map", default=None, metavar="canonical=SOURCE,...",
+                        help="source column of each plan column, e.g. product_id=SKU,week=WK,display=ON_DISPLAY")
     parser.add_argument("--n-products", type=int, default=schema.DEFAULT_N_PRODUCTS,
                         help="vocabulary size: the N most frequent training products get ids 1..N "
                         "(PAD 0, UNK N+1, MASK N+2); capped at the number of distinct training products")
@@ -61,9 +67,14 @@ def run(args: argparse.Namespace) -> int:
     if args.input is not None and not Path(args.input).exists():
         raise RetailSimInputError(f"--input {args.input}: no such file or folder.")
     out = Path(args.out)
-    inputs = [("--input", args.input)]
+    inputs = [("--input", args.input)] + ([("--promotions", args.promotions)] if args.promotions else [])
     check_output_folder(out, overwrite=args.overwrite, inputs=inputs)
-    source = open_source(args.input, format=args.format, mapping=parse_mapping(args.map) if args.map else None)
+    from retailsim.data.readers.generic_plan import PLAN_MAPPABLE
+
+    source = open_source(args.input, format=args.format, mapping=parse_mapping(args.map) if args.map else None,
+                         promotions=args.promotions,
+                         promotions_mapping=parse_mapping(args.promotions_map, PLAN_MAPPABLE, "--promotions-map")
+                         if args.promotions_map else None)
     with atomic_folder(out, overwrite=args.overwrite, inputs=inputs) as staging:
         metadata = write_samples(source, staging, n_products=args.n_products, split_weeks=split_weeks,
                                  show_progress=not args.quiet, extra_metadata={"input": str(args.input)})

@@ -1,13 +1,17 @@
 """`retailsim demo` end to end at a tiny size: every stage runs through the CLI and the report lands."""
 import json
 
+import pytest
+import torch
+
 from retailsim.cli import main
 
 
-def test_demo_writes_the_report(tmp_path, capsys):
+@pytest.mark.parametrize("promotions", [True, False], ids=["with-plan", "ablation"])
+def test_demo_writes_the_report(tmp_path, capsys, promotions):
     out = tmp_path / "demo"
     status = main(["demo", "--out", str(out), "--customers", "120", "--weeks", "12", "--preset", "tiny",
-                   "--batch-size", "32", "--eval-batches", "2"])
+                   "--batch-size", "32", "--eval-batches", "2"] + ([] if promotions else ["--no-promotions"]))
     assert status == 0
     results = json.loads((out / "test_results.json").read_text())
     assert results["split"] == "test" and results["n_tokens"] > 0
@@ -15,6 +19,7 @@ def test_demo_writes_the_report(tmp_path, capsys):
     assert set(results["baselines"]) == {"popularity", "personal", "cooccurrence", "blend", "promotion_blend"}
     assert {"promoted", "not_promoted"} <= set(results["buckets"])
     assert results["oracle"] is not None  # the generator's ground truth was found and joined
-    assert (out / "checkpoints" / "best_model.pt").is_file()
+    checkpoint = torch.load(out / "checkpoints" / "best_model.pt", weights_only=True)
+    assert checkpoint["config"]["promotions"] is promotions      # the model reads the plan unless ablated
     assert (out / "test_results.md").read_text().strip()
     assert "python -m retailsim.train --data" in capsys.readouterr().out  # each step shows its command

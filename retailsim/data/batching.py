@@ -42,6 +42,7 @@ import torch
 
 from retailsim import native
 from retailsim.data import schema
+from retailsim.data.promotions import DEFAULT_MAX_PROMOTIONS, PROMOTION_FEATURES, PromotionPlan
 
 IGNORE_TARGET = -100
 EVAL_EPOCH = 2**64 - 1
@@ -78,6 +79,11 @@ class Batch:
     labels [B, 4] int64               schema.LABEL_TARGETS ids, 0 = unknown; targets only, never inputs
     bucket [B] int64                  index into schema.PRIOR_BUCKETS
     sample_index [B] int64            row of the sample in its split
+    promotion_items [B, P] int64      the products promoted to the basket (its week and store, from the cache's
+                                      plan; known before the week), 0 = padding; P = 1 and none valid without a plan
+    promotion_features [B, P, 4] float32  promotions.PROMOTION_FEATURES of each (discount, has discount, display,
+                                      mailer); zero at padding
+    promotion_valid [B, P] bool       True at real promoted products
     """
 
     basket_items: torch.Tensor
@@ -98,6 +104,9 @@ class Batch:
     labels: torch.Tensor
     bucket: torch.Tensor
     sample_index: torch.Tensor
+    promotion_items: torch.Tensor
+    promotion_features: torch.Tensor
+    promotion_valid: torch.Tensor
 
     def _map(self, fn) -> "Batch":
         return Batch(**{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)})
@@ -123,6 +132,8 @@ class CollateArrays:
     product_category: np.ndarray  # int32 [vocab_size]: coarsest hierarchy id per product id
     n_products: int
     n_categories: int
+    plan: PromotionPlan | None = None  # the cache's promotion plan, if it has one
+
 
     @property
     def n_baskets(self) -> int:
@@ -140,7 +151,8 @@ class CollateArrays:
         basket = {name: arrays[name] for name in arrays if name not in
                   ("stream_items", "stream_weeks", "stream_offsets", "product_category", "product_train_baskets",
                    "product_log_price_median", "product_has_price")}
-        return cls(basket, arrays["stream_items"], arrays["stream_weeks"], category, cache.n_products, n_categories)
+        return cls(basket, arrays["stream_items"], arrays["stream_weeks"], category, cache.n_products, n_categories,
+                   cache.promotion_plan())
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:
@@ -317,8 +329,24 @@ def collate_items(arrays: CollateArrays, sample_indices, *, seed: int, epoch: in
                                                   mask_rate=mask_rate, max_items=max_items, max_history=max_history))
 
 
-def context_features(arrays: CollateArrays, samples: np.ndarray, items: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-basket inputs (T1, T3, T5, T6), labels and buckets: NumPy gathers shared by both collate paths."""
+def promotion_lists(arrays: CollateArrays, samples: np.ndarray,
+                    max_promotions: int = DEFAULT_MAX_PROMOTIONS) -> dict[str, np.ndarray]:
+    """The Batch's promotion_* fields: each basket's promoted products from the plan (its week and store); one
+    invalid slot per basket without a plan."""
+    if arrays.plan is None:
+        n = len(samples)
+        return {"promotion_items": np.zeros((n, 1), np.int64),
+                "promotion_features": np.zeros((n, 1, len(PROMOTION_FEATURES)), np.float32),
+                "promotion_valid": np.zeros((n, 1), bool)}
+    items, features, valid = arrays.plan.padded(np.asarray(arrays.basket["week"][samples]),
+                                                np.asarray(arrays.basket["store_id"][samples]), max_promotions)
+    return {"promotion_items": items, "promotion_features": features, "promotion_valid": valid}
+
+
+def context_features(arrays: CollateArrays, samples: np.ndarray, items: dict[str, np.ndarray],
+                     max_promotions: int = DEFAULT_MAX_PROMOTIONS) -> dict[str, np.ndarray]:
+    """Per-basket inputs (T1, T3, T5, T6, the promotion lists), labels and buckets: NumPy gathers shared by both
+    collate paths."""
     b = arrays.basket
     col = lambda name, dtype: np.asarray(b[name][samples]).astype(dtype)  # noqa: E731
     in_window = items["history_valid"].sum(axis=1)
@@ -337,12 +365,14 @@ def context_features(arrays: CollateArrays, samples: np.ndarray, items: dict[str
         "labels": col("labels", np.int64).reshape(len(samples), len(schema.LABEL_TARGETS)),
         "bucket": col("bucket", np.int64),
         "sample_index": samples.astype(np.int64),
+        **promotion_lists(arrays, samples, max_promotions),
     }
 
 
 def collate(arrays: CollateArrays, sample_indices, *, seed: int = 0, epoch: int = 0, train: bool = True,
             mask_rate: float = DEFAULT_MASK_RATE, max_items: int = schema.MAX_BASKET_ITEMS,
-            max_history: int = DEFAULT_MAX_HISTORY, use_native: bool | None = None) -> Batch:
+            max_history: int = DEFAULT_MAX_HISTORY, use_native: bool | None = None,
+            max_promotions: int = DEFAULT_MAX_PROMOTIONS) -> Batch:
     """The padded :class:`Batch` of ``sample_indices`` (rows of the split), deterministic in (seed, epoch, row).
 
     Example: ``collate(CollateArrays.from_cache("data/cache", "train"), [0, 5, 9], seed=0, epoch=3)``.
@@ -352,5 +382,5 @@ def collate(arrays: CollateArrays, sample_indices, *, seed: int = 0, epoch: int 
         raise ValueError(f"sample_indices must be one-dimensional, got shape {samples.shape}.")
     items = collate_items(arrays, samples, seed=seed, epoch=epoch, train=train, mask_rate=mask_rate,
                           max_items=max_items, max_history=max_history, use_native=use_native)
-    fields = {**items, **context_features(arrays, samples, items)}
+    fields = {**items, **context_features(arrays, samples, items, max_promotions)}
     return Batch(**{name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in fields.items()})

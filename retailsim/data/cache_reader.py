@@ -185,7 +185,14 @@ class TensorCache:
         self._check_range(stores, "promotions/plan_store", 0, self.n_stores, "n_stores")
         if len(stores) != len(products):
             raise self._damaged("promotions/plan_store", f"has {len(stores)} rows, plan_products {len(products)}")
-        return PromotionPlan(np.asarray(offsets), np.asarray(stores), np.asarray(products), self.vocab_size)
+        features = {}
+        for name in ("discount", "display", "mailer"):
+            values = self.array(f"promotions/plan_{name}")
+            if len(values) != len(products):
+                raise self._damaged(f"promotions/plan_{name}", f"has {len(values)} rows, plan_products {len(products)}")
+            features[name] = np.asarray(values)
+        return PromotionPlan(np.asarray(offsets), np.asarray(stores), np.asarray(products), self.vocab_size,
+                             **features)
 
     @property
     def samples_folder(self) -> Path | None:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from retailsim.data import schema
 from retailsim.data.batching import DEFAULT_MASK_RATE, DEFAULT_MAX_HISTORY, Batch, CollateArrays, collate
+from retailsim.data.promotions import DEFAULT_MAX_PROMOTIONS
 
 
 class CacheBatchDataset(Dataset):
@@ -34,9 +35,12 @@ class CacheBatchDataset(Dataset):
 
     def __init__(self, folder: Path, split: str, *, train: bool = True, seed: int = 0,
                  mask_rate: float = DEFAULT_MASK_RATE, max_items: int = schema.MAX_BASKET_ITEMS,
-                 max_history: int = DEFAULT_MAX_HISTORY, use_native: bool | None = None) -> None:
-        if max_items < 1 or max_history < 1:
-            raise ValueError(f"max_items and max_history must be at least 1, got {max_items} and {max_history}.")
+                 max_history: int = DEFAULT_MAX_HISTORY, use_native: bool | None = None,
+                 max_promotions: int = DEFAULT_MAX_PROMOTIONS) -> None:
+        if max_items < 1 or max_history < 1 or max_promotions < 1:
+            raise ValueError(f"max_items, max_history and max_promotions must be at least 1, got {max_items}, "
+                             f"{max_history} and {max_promotions}.")
+        self.max_promotions = max_promotions
         if not 0.0 < mask_rate <= 1.0:
             raise ValueError(f"mask_rate must be in (0, 1], got {mask_rate}.")
         self.folder, self.split, self.train, self.seed = Path(folder), split, train, seed
@@ -66,7 +70,8 @@ class CacheBatchDataset(Dataset):
     def __getitem__(self, item) -> Batch:
         epoch, indices = item
         return collate(self.arrays, indices, seed=self.seed, epoch=epoch, train=self.train, mask_rate=self.mask_rate,
-                       max_items=self.max_items, max_history=self.max_history, use_native=self.use_native)
+                       max_items=self.max_items, max_history=self.max_history, use_native=self.use_native,
+                       max_promotions=self.max_promotions)
 
 
 class BucketBatchSampler(Sampler):
@@ -150,7 +155,7 @@ def make_loader(folder: Path, split: str, *, batch_size: int = 256, train: bool 
                 max_items: int = schema.MAX_BASKET_ITEMS, max_history: int = DEFAULT_MAX_HISTORY,
                 num_workers: int = 0, device: torch.device | str = "cpu", drop_last: bool = False,
                 num_replicas: int = 1, rank: int = 0, prefetch_factor: int = 4,
-                use_native: bool | None = None) -> DataLoader:
+                use_native: bool | None = None, max_promotions: int = DEFAULT_MAX_PROMOTIONS) -> DataLoader:
     """A DataLoader of :class:`Batch` over ``split`` of the cache in ``folder``.
 
     ``train`` defaults to ``split == "train"`` (BERT 80/10/10 masking; otherwise evaluation masking with the
@@ -162,7 +167,7 @@ def make_loader(folder: Path, split: str, *, batch_size: int = 256, train: bool 
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
     dataset = CacheBatchDataset(folder, split, train=train, seed=seed, mask_rate=mask_rate, max_items=max_items,
-                                max_history=max_history, use_native=use_native)
+                                max_history=max_history, use_native=use_native, max_promotions=max_promotions)
     basket_lengths, history_lengths = dataset.lengths()
     sampler = BucketBatchSampler(basket_lengths, history_lengths, batch_size, shuffle=shuffle, bucket=bucket,
                                  drop_last=drop_last, seed=seed, num_replicas=num_replicas, rank=rank)

@@ -1,11 +1,12 @@
 """Promotion plans in the canonical schema (``schema.PROMOTION_COLUMNS``): what a retailer knows before a week
 starts, read beside the transactions.
 
-So far one adapter: the generator's own plan (``promotions.parquet`` next to its LGSR week files), read in
-row groups (one per week), its SHOP_WEEK codes mapped to the ordinal weeks the LGSR reader gives the week
-files. Stage 1 keeps a plan over the product vocabulary and the training stores (``write_samples_plan``: the
-samples folder's ``promotions.parquet``), Stage 2 as per-week lists (``PromotionPlan`` reads them back for a
-basket's week and store). Still to come (issue 17): the Complete Journey and generic adapters and
+Adapters: the generator's own plan (``promotions.parquet`` next to its LGSR week files, here), read in row
+groups (one per week), its SHOP_WEEK codes mapped to the ordinal weeks the LGSR reader gives the week files;
+The Complete Journey's promotions table (readers/completejourney.py); a plan of your own beside generic
+transactions (readers/generic_plan.py). Stage 1 keeps a plan over the product vocabulary and the training
+stores (``write_samples_plan``: the samples folder's ``promotions.parquet``), Stage 2 as per-week lists
+(``PromotionPlan`` reads them back for a basket's week and store, and pads them for the Batch). Not yet:
 customer-specific rows (targeted coupons).
 """
 from __future__ import annotations
@@ -148,30 +149,79 @@ def plan_line(entry: dict) -> str:
             f"the vocabulary; {entry.get('dropped_unknown_store', 0):,}: stores not in the training weeks)")
 
 
+PROMOTION_FEATURES = ("discount", "has_discount", "display", "mailer")  # Batch.promotion_features, in order
+# Promoted products a basket's list keeps (Batch.promotion_items' width at most): The Complete Journey promotes
+# 540 of its 5,000 most-bought products at the median store and week, 856 at most (display or mailer).
+DEFAULT_MAX_PROMOTIONS = 1024
+
+
 class PromotionPlan:
     """A tensor cache's plan: which products are promoted to a basket, from its week and store (a row of store
-    0 holds in every store). Built from the cache's per-week arrays; the (week, store) lists are cut on first
-    use."""
+    0 holds in every store), and what the plan says of each (``PROMOTION_FEATURES``: the planned fraction off,
+    0 when not given; whether one is given; on display; in the mailer; a flag the plan does not give is 0).
+    Built from the cache's per-week arrays; the (week, store) lists are cut on first use."""
 
-    def __init__(self, week_offsets: np.ndarray, stores: np.ndarray, products: np.ndarray, vocab_size: int):
+    def __init__(self, week_offsets: np.ndarray, stores: np.ndarray, products: np.ndarray, vocab_size: int,
+                 discount: np.ndarray | None = None, display: np.ndarray | None = None,
+                 mailer: np.ndarray | None = None):
         self.week_offsets, self.stores, self.products, self.vocab_size = week_offsets, stores, products, vocab_size
-        self._lists: dict[tuple[int, int], np.ndarray] = {}
+        n = len(products)
+        self.discount = np.full(n, np.nan, np.float32) if discount is None else discount
+        self.display = np.full(n, NOT_GIVEN, np.int8) if display is None else display
+        self.mailer = np.full(n, NOT_GIVEN, np.int8) if mailer is None else mailer
+        self._lists: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     @property
     def n_rows(self) -> int:
         return len(self.products)
 
-    def products_for(self, week: int, store: int) -> np.ndarray:
-        """Product ids promoted in ``week`` at ``store``: the week's every-store rows and that store's own."""
+    def _entry(self, week: int, store: int) -> tuple[np.ndarray, np.ndarray]:
+        """(product ids [k] ascending, features [k, 4] float32) of ``week`` at ``store``; a product with an
+        every-store row and a row of its own takes the larger of each feature."""
         key = (week, store)
         if key not in self._lists:
             if not 0 <= week < len(self.week_offsets) - 1:
-                self._lists[key] = np.zeros(0, np.int64)
+                self._lists[key] = (np.zeros(0, np.int64), np.zeros((0, len(PROMOTION_FEATURES)), np.float32))
             else:
                 lo, hi = self.week_offsets[week], self.week_offsets[week + 1]
                 rows = self.stores[lo:hi]
-                self._lists[key] = np.unique(self.products[lo:hi][(rows == 0) | ((rows == store) & (store > 0))])
+                keep = lo + np.flatnonzero((rows == 0) | ((rows == store) & (store > 0)))
+                products, inverse = np.unique(self.products[keep], return_inverse=True)
+                discount = self.discount[keep].astype(np.float32)
+                given = ~np.isnan(discount)
+                rows_features = np.stack([np.where(given, discount, 0.0), given, self.display[keep] > 0,
+                                          self.mailer[keep] > 0], axis=1).astype(np.float32)
+                features = np.zeros((len(products), len(PROMOTION_FEATURES)), np.float32)
+                np.maximum.at(features, inverse, rows_features)
+                self._lists[key] = (products.astype(np.int64), features)
         return self._lists[key]
+
+    def products_for(self, week: int, store: int) -> np.ndarray:
+        """Product ids promoted in ``week`` at ``store``: the week's every-store rows and that store's own."""
+        return self._entry(week, store)[0]
+
+    def padded(self, weeks, stores, max_promotions: int = DEFAULT_MAX_PROMOTIONS):
+        """The promoted products of each basket (its week and store) as the Batch's padded lists: (items [B, P]
+        int64, 0 = padding; features [B, P, 4] float32; valid [B, P] bool), P = the longest list (at least 1).
+        A list longer than ``max_promotions`` keeps the products with the largest discount, then those on
+        display or in the mailer, then the lowest ids (the vocabulary's most bought; deterministic)."""
+        if max_promotions < 1:
+            raise ValueError(f"max_promotions must be at least 1, got {max_promotions}.")
+        entries = []
+        for week, store in zip(np.asarray(weeks).tolist(), np.asarray(stores).tolist()):
+            products, features = self._entry(week, store)
+            if len(products) > max_promotions:
+                order = np.lexsort((products, -(features[:, 2] + features[:, 3]), -features[:, 0]))
+                keep = np.sort(order[:max_promotions])
+                products, features = products[keep], features[keep]
+            entries.append((products, features))
+        width = max([1] + [len(p) for p, _ in entries])
+        items = np.zeros((len(entries), width), np.int64)
+        features = np.zeros((len(entries), width, len(PROMOTION_FEATURES)), np.float32)
+        valid = np.zeros((len(entries), width), bool)
+        for b, (p, f) in enumerate(entries):
+            items[b, :len(p)], features[b, :len(p)], valid[b, :len(p)] = p, f, True
+        return items, features, valid
 
     def rows(self, weeks, stores):
         """bool torch tensor [B, vocab_size]: the products promoted to each basket (its week and store)."""

@@ -20,6 +20,7 @@ from retailsim.data import schema
 from retailsim.errors import RetailSimInputError
 from retailsim.data.batching import DEFAULT_MAX_HISTORY, Batch
 from retailsim.data.loader import make_loader
+from retailsim.data.promotions import DEFAULT_MAX_PROMOTIONS
 from retailsim.eval import baselines as bl
 from retailsim.eval.metrics import score_tokens, summarize, allowed_candidates
 from retailsim.eval.oracle import Oracle, oracle_metrics
@@ -90,11 +91,13 @@ class Evaluator:
 
     def __init__(self, cache_dir: Path, *, batch_size: int = 256, max_batches: int | None = None, seed: int = 0,
                  device: torch.device | str = "cpu", max_history: int = DEFAULT_MAX_HISTORY,
-                 chunk_rows: int = 1024, ground_truth: Path | None = None, show_progress: bool = False) -> None:
+                 chunk_rows: int = 1024, ground_truth: Path | None = None, show_progress: bool = False,
+                 max_promotions: int = DEFAULT_MAX_PROMOTIONS) -> None:
         from retailsim.data.cache_reader import TensorCache
 
         self.cache_dir, self.batch_size, self.max_batches, self.seed = Path(cache_dir), batch_size, max_batches, seed
         self.device, self.max_history, self.chunk_rows = torch.device(device), max_history, chunk_rows
+        self.max_promotions = max_promotions
         self.ground_truth, self.show_progress = ground_truth, show_progress
         cache = TensorCache.open(self.cache_dir)
         self.n_products = cache.n_products
@@ -103,7 +106,8 @@ class Evaluator:
 
     def batches(self, split: str):
         loader = make_loader(self.cache_dir, split, batch_size=self.batch_size, train=False, shuffle=False,
-                             bucket=False, seed=self.seed, max_history=self.max_history)
+                             bucket=False, seed=self.seed, max_history=self.max_history,
+                             max_promotions=self.max_promotions)
         total = len(loader) if self.max_batches is None else min(len(loader), self.max_batches)
         batches = itertools.islice(loader, total)
         if self.show_progress:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from retailsim.data import schema
+from retailsim.data.promotions import DEFAULT_MAX_PROMOTIONS
 from retailsim.errors import RetailSimInputError
 
 # Data-set sizes a config needs; data_sizes_from_cache returns exactly these keys.
@@ -61,6 +62,8 @@ class WorldModelConfig:
     d_copy: int = 64         # query/key width of the copy head
     copy_count: bool = True  # the log of how often the purchase's product occurs in the window joins its score
     condition_on_mission: bool = False  # simulation: a given basket_mission is an input, its head is off
+    promotions: bool = True  # the week's promoted products join each slot's pointer (world_model.py); False: ablation
+    max_promotions: int = DEFAULT_MAX_PROMOTIONS  # promoted products per basket the model reads, at most
     # --- training switches ---
     gradient_checkpointing: bool = False
     preset: str = "custom"
@@ -77,7 +80,8 @@ class WorldModelConfig:
         """Raise RetailSimInputError naming the first field whose value cannot build a model."""
         positive = ("vocab_size", "n_stores", "n_store_regions", "d_model", "d_customer", "d_product", "d_time",
                     "d_price", "d_store", "d_trip", "n_fourier", "max_history", "n_mamba_layers", "mamba_expand",
-                    "d_state", "d_conv", "dt_rank", "n_decoder_layers", "n_heads", "d_ffn", "d_copy")
+                    "d_state", "d_conv", "dt_rank", "n_decoder_layers", "n_heads", "d_ffn", "d_copy",
+                    "max_promotions")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -95,7 +99,7 @@ class WorldModelConfig:
                                       f"({self.d_model}).")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise RetailSimInputError(f"WorldModelConfig.dropout must be in [0, 1), got {self.dropout!r}.")
-        for name in ("copy_head", "copy_count", "condition_on_mission", "gradient_checkpointing"):
+        for name in ("copy_head", "copy_count", "condition_on_mission", "promotions", "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise RetailSimInputError(f"WorldModelConfig.{name} must be True or False, got "
                                           f"{getattr(self, name)!r}.")
@@ -132,6 +136,7 @@ class WorldModelConfig:
     def from_dict(cls, values: dict) -> "WorldModelConfig":
         """The config saved by ``to_dict`` (a checkpoint's ``config``); unknown keys are an error."""
         values = dict(values)
+        values.setdefault("promotions", False)  # saved before the promotion pointer existed: a model without it
         for name, only in RETIRED_FIELDS.items():
             if name in values and values.pop(name) != only:
                 raise RetailSimInputError(f"WorldModelConfig.{name} was removed (only {name}={only!r} remains); "

@@ -19,6 +19,23 @@ import torch
 COPY_PAD_SCORE = -1e4  # pointer score of a padded history position: exp(-1e4 - real score) is 0 in fp32 and bf16
 
 
+def pointer(output, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(scores [B, S, K], items [B, K], valid [B, K]): every pointer entry of the slots, the copy head's history
+    positions then the basket's promoted products (``WorldModelOutput``); None when the model has neither.
+    Both vote the same way, so one softmax over the catalogue logits and these scores is the slot's
+    distribution."""
+    parts = []
+    if output.copy_scores is not None:
+        parts.append((output.copy_scores, batch.history_items, batch.history_valid))
+    if getattr(output, "promotion_scores", None) is not None:
+        parts.append((output.promotion_scores, batch.promotion_items, batch.promotion_valid))
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(torch.cat(values, dim=-1) for values in zip(*parts))
+
+
 def log_window_counts(history_items: torch.Tensor, history_valid: torch.Tensor) -> torch.Tensor:
     """[B, H] float32: log of the number of valid positions of the row holding the same product as position h
     (>= 1 at a valid position; 0 at padding)."""

@@ -12,11 +12,19 @@
                              positions: query(basket_hidden) . key(purchase) / sqrt(d_copy) + a learned function
                              of the purchase's features (age, time of year, log count of its product in the
                              window) + offset; the key reads the purchased product's hierarchy embeddings
+    promotion pointer        (``promotions``) scores [B, S, P] of each slot over the products promoted to the
+                             basket's store that week (Batch.promotion_items, from the plan a retailer has before the
+                             week): the product's catalogue logit + query(basket_hidden) . key(plan features,
+                             hierarchy) / sqrt(d_copy) + a learned function of the plan features + offset
 
 The copy head makes "buy it again" a first-class prediction: the slot's distribution is one softmax over the
 catalogue logits and the pointer scores together, every past purchase voting for its product
 (model/copy_head.py). At initialisation every purchase has the same score, so the pointer starts as the
-personal-frequency baseline and learns from there. ``product_scores`` gives the log-scores; the loss gets the
+personal-frequency baseline and learns from there. A promoted product votes the same way, with its own
+catalogue logit inside its score: its mass becomes exp(logit) (1 + exp(lift)), a logit raised by softplus(lift),
+lift = the learned term (a discount makes a product more likely, never less: the generator's promotion
+response is such a lift, market.py; how much, for this customer and slot, is learned). ``product_scores`` gives
+the log-scores; the loss gets the
 catalogue log-partition from the fused ``linear_focal_loss`` and adds the pointer terms itself (train/loss.py),
 so training still never materialises catalogue logits.
 
@@ -35,6 +43,7 @@ import torch.utils.checkpoint
 
 from retailsim.data import schema
 from retailsim.data.batching import Batch
+from retailsim.data.promotions import PROMOTION_FEATURES
 from retailsim.model import copy_head
 from retailsim.model.config import WorldModelConfig
 from retailsim.model.decoder import DecoderLayer
@@ -44,6 +53,11 @@ from retailsim.model.mamba import MambaBlock
 from retailsim.model.output import WorldModelOutput
 
 _MISSION_COLUMN = schema.LABEL_TARGETS.index("basket_mission")
+PROMOTION_START_OFFSET = -2.0  # the promotion pointer's initial lift: softplus(-2) = 0.13 on a promoted logit
+# The plan features as the promotion pointer reads them: the discount in tenths off, the flags as they are. A
+# fraction off (0.1-0.35) would need a weight of 5-20 to move the lift by a unit, more than Adam's lr-sized steps
+# travel in a few epochs.
+PROMOTION_FEATURE_SCALE = (10.0, 1.0, 1.0, 1.0)
 
 
 class WorldModel(nn.Module):
@@ -94,6 +108,13 @@ class WorldModel(nn.Module):
             # purchase features (age_features, then the log window count) -> score
             self.copy_purchase = nn.Linear(2 * config.n_fourier + 1 + int(config.copy_count), 1)
             self.copy_offset = nn.Parameter(torch.zeros(()))
+        if config.promotions:
+            n_features = len(PROMOTION_FEATURES)
+            self.promotion_query = nn.Linear(d, config.d_copy)
+            self.promotion_key = nn.Linear(n_features + config.d_product, config.d_copy)
+            self.promotion_feature = nn.Linear(n_features, 1)
+            self.promotion_offset = nn.Parameter(torch.zeros(()))
+            self.register_buffer("promotion_feature_scale", torch.tensor(PROMOTION_FEATURE_SCALE), persistent=False)
         self.reset_parameters()
         if product_category is not None:
             self.set_product_category(product_category)
@@ -120,6 +141,12 @@ class WorldModel(nn.Module):
             for layer in (self.copy_query, self.copy_purchase):
                 nn.init.zeros_(layer.weight)
             nn.init.constant_(self.copy_offset, max(0.0, math.log(self.config.vocab_size / self.config.max_history)))
+        if self.config.promotions:
+            # a small equal lift for every promoted product at the start (softplus(-2) = 0.13 on its logit), the
+            # query and the feature weights from zero: the model starts close to its ablation and learns the lift
+            for layer in (self.promotion_query, self.promotion_feature):
+                nn.init.zeros_(layer.weight)
+            nn.init.constant_(self.promotion_offset, PROMOTION_START_OFFSET)
 
     def set_product_category(self, product_category) -> None:
         """Install the hierarchy table [vocab_size, 4] (``product_category_from_cache``) in the buffer."""
@@ -176,8 +203,11 @@ class WorldModel(nn.Module):
     def slot_scores(self, output: WorldModelOutput, batch: Batch, rows: torch.Tensor,
                     cols: torch.Tensor) -> torch.Tensor:
         """[R, V] ``product_scores`` of the slots (rows[i], cols[i]) of ``batch`` (e.g. its masked positions)."""
-        copy = None if output.copy_scores is None else output.copy_scores[rows, cols]
-        return self.product_scores(output.basket_hidden[rows, cols], copy, batch.history_items[rows])
+        terms = copy_head.pointer(output, batch)
+        if terms is None:
+            return self.product_logits(output.basket_hidden[rows, cols])
+        scores, items, _ = terms
+        return self.product_scores(output.basket_hidden[rows, cols], scores[rows, cols], items[rows])
 
     def product_vectors(self, product_ids: torch.Tensor) -> torch.Tensor:
         """[...] ids → [..., D]: the products' output-space vectors (rows of ``output_weight``), differentiable."""
@@ -228,8 +258,27 @@ class WorldModel(nn.Module):
         trunk = self.aux_trunk(context_hidden)                                    # [B, D]
         aux = {name: head(trunk) for name, head in self.aux_heads.items()}        # {name: [B, K]}
         copy = self.copy_scores(basket_hidden, batch) if self.config.copy_head else None
+        promotion = self.promotion_scores(basket_hidden, batch) if self.config.promotions else None
         return WorldModelOutput(basket_hidden=basket_hidden, context_hidden=context_hidden, aux_logits=aux,
-                                copy_scores=copy)
+                                copy_scores=copy, promotion_scores=promotion)
+
+    def promotion_scores(self, basket_hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """[B, S, P] pointer scores of each slot over the basket's promoted products: the product's catalogue
+        logit (basket_hidden . output vector + output bias, only for these P products) + query(slot) .
+        key(plan features, hierarchy embeddings) / sqrt(d_copy) + feature score + offset (features scaled by
+        PROMOTION_FEATURE_SCALE); COPY_PAD_SCORE at
+        padding. A basket without promotions (or a cache without a plan) has none valid: the model's
+        distribution is then the ablated one."""
+        items, valid = batch.promotion_items, batch.promotion_valid
+        features = batch.promotion_features * self.promotion_feature_scale       # [B, P, 4]
+        vectors = self.product_vectors(items)                                     # [B, P, D]
+        logits = basket_hidden @ vectors.transpose(1, 2) + self.output_bias[items][:, None, :]   # [B, S, P]
+        key_input = torch.cat([features, self.product.hierarchy_vectors(items)], dim=-1)
+        query = self.promotion_query(basket_hidden)                               # [B, S, d_copy]
+        key = self.promotion_key(key_input)                                       # [B, P, d_copy]
+        lift = (query @ key.transpose(1, 2) / math.sqrt(self.config.d_copy)
+                + self.promotion_feature(features).squeeze(-1)[:, None, :] + self.promotion_offset)
+        return (logits + lift).masked_fill(~valid[:, None, :], copy_head.COPY_PAD_SCORE)
 
     def copy_scores(self, basket_hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
         """[B, S, H] pointer scores of each slot over the history positions: query(slot) . key(purchase) /

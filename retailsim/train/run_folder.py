@@ -19,7 +19,8 @@ from retailsim.errors import RetailSimInputError
 
 # Settings a resumed run must share with the checkpoint's run: they fix the schedule, the batches, the masks and
 # what "a better validation loss" compares; the others (max_steps, patience, workers, logging, out) may change.
-RESUME_SETTINGS = ("preset", "epochs", "batch_size", "lr", "weight_decay", "clip", "grad_accum", "seed", "val_batches")
+RESUME_SETTINGS = ("preset", "epochs", "batch_size", "lr", "weight_decay", "clip", "grad_accum", "seed", "val_batches",
+                   "promotions")
 RUN_FILES = ("metrics.jsonl", "best_model.pt", "tensorboard")  # plus checkpoint_epoch_*.pt; what --overwrite removes
 
 

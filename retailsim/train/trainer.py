@@ -62,6 +62,7 @@ class TrainConfig:
     val_batches: int = 0  # validation batches per epoch (per process), the first in split order; 0 = the whole split
     log_every: int = 50
     gradient_checkpointing: bool = False
+    promotions: bool = True  # the model reads the cache's promotion plan (False: the ablation)
     progress: bool = True
     overwrite: bool = False  # replace an earlier run's files in ``out`` (else a non-empty ``out`` needs a resume)
 
@@ -192,8 +193,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         state = self.resume_state
         try:
+            overrides = {} if cfg.promotions or state is not None else {"promotions": False}
             self.model = self.model_factory(cfg.preset, cfg.data, cfg.gradient_checkpointing,
-                                            None if state is None else state["config"]).to(self.device)
+                                            None if state is None else state["config"], **overrides).to(self.device)
             if state is not None:
                 self.model.load_state_dict(state["model_state_dict"])
         except (TypeError, ValueError, RuntimeError, AttributeError) as error:
@@ -241,7 +243,8 @@ class Trainer:
             self._loaders[("train", mask_rate)] = make_loader(
                 self.config.data, "train", batch_size=self.config.batch_size, train=True, seed=self.config.seed,
                 mask_rate=mask_rate, num_workers=self.config.num_workers, device=self.device,
-                num_replicas=self.world_size, rank=self.rank, max_history=self.model.config.max_history)
+                num_replicas=self.world_size, rank=self.rank, max_history=self.model.config.max_history,
+                max_promotions=self.model.config.max_promotions)
         return self._loaders[("train", mask_rate)]
 
     def validation_loader(self):
@@ -251,7 +254,8 @@ class Trainer:
             self._loaders["validation"] = make_loader(
                 self.config.data, "validation", batch_size=self.config.batch_size, train=False, seed=self.config.seed,
                 bucket=self.config.val_batches == 0, num_workers=self.config.num_workers, device=self.device,
-                num_replicas=self.world_size, rank=self.rank, max_history=self.model.config.max_history)
+                num_replicas=self.world_size, rank=self.rank, max_history=self.model.config.max_history,
+                max_promotions=self.model.config.max_promotions)
         return self._loaders["validation"]
 
     def autocast(self):

@@ -223,6 +223,60 @@ def test_store_specific_plans_hold_in_their_store_only(tmp_path):
     assert set(np.flatnonzero(rows[0].numpy())) == {p1, p3} and set(np.flatnonzero(rows[1].numpy())) == {p2}
 
 
+def test_padded_lists_carry_what_the_plan_says_of_each_product():
+    """Week 1: product 5 chain-wide (10% off) and again at store 2 (on display), product 7 at store 2 only
+    (in the mailer, no discount given), product 9 at store 3; week 2: four chain-wide products."""
+    plan = promotions.PromotionPlan(
+        week_offsets=np.array([0, 0, 4, 8]), stores=np.array([0, 2, 2, 3, 0, 0, 0, 0]),
+        products=np.array([5, 5, 7, 9, 4, 6, 8, 3]), vocab_size=12,
+        discount=np.array([0.1, np.nan, np.nan, 0.3, 0.2, 0.2, np.nan, np.nan], np.float32),
+        display=np.array([-1, 1, 0, 0, 0, 1, 0, 0], np.int8), mailer=np.array([-1, 0, 1, 0, 0, 0, 0, 1], np.int8))
+    items, features, valid = plan.padded(np.array([1, 1, 0, 2]), np.array([2, 1, 2, 1]))
+    assert items.shape == (4, 4) and features.shape == (4, 4, len(promotions.PROMOTION_FEATURES))
+    assert items[0].tolist() == [5, 7, 0, 0] and valid[0].tolist() == [True, True, False, False]
+    np.testing.assert_allclose(features[0, :2], [[0.1, 1, 1, 0], [0, 0, 0, 1]], rtol=1e-6)  # 5: max of both rows
+    assert items[1].tolist() == [5, 0, 0, 0] and valid[1].sum() == 1       # store 1: the chain-wide row only
+    assert not valid[2].any() and not features[2].any()                    # week 0 has no plan
+    assert items[3].tolist() == [3, 4, 6, 8] and not features[3][~valid[3]].any()
+    # over the cap: the largest discounts first (4 and 6 at 20%; 6 also on display), then display or mailer
+    # (3, over 8), then the lowest id; the kept ones in id order
+    capped, _, capped_valid = plan.padded(np.array([2, 2]), np.array([1, 1]), max_promotions=3)
+    assert capped.tolist() == [[3, 4, 6], [3, 4, 6]] and capped_valid.all()
+    assert plan.padded(np.array([2]), np.array([1]), max_promotions=1)[0].tolist() == [[6]]
+    assert plan.padded(np.array([1]), np.array([3]), max_promotions=1)[0].tolist() == [[9]]
+    with pytest.raises(ValueError, match="max_promotions"):
+        plan.padded(np.array([2]), np.array([1]), max_promotions=0)
+
+
+def test_batches_carry_the_promoted_products_of_their_week_and_store(plan_cache, generated, tmp_path):
+    from retailsim.cli import module_main
+    from retailsim.data.batching import CollateArrays, collate
+    from retailsim.data.cache_reader import TensorCache
+
+    plan = TensorCache.open(plan_cache / "cache").promotion_plan()
+    kept = pq.read_table(plan_cache / "samples" / promotions.SAMPLES_PLAN_FILE).to_pydict()
+    discount = {(w, p): d for w, p, d in zip(kept["week"], kept["product"], kept["discount"])}
+    arrays = CollateArrays.from_cache(plan_cache / "cache", "test")
+    samples = np.arange(0, arrays.n_baskets, max(1, arrays.n_baskets // 40))
+    batch = collate(arrays, samples, seed=0, train=False)
+    weeks, stores = batch.time[:, 0].numpy(), batch.store[:, 0].numpy()
+    assert batch.promotion_valid.any(1).all()              # the generator promotes products every week
+    for b in range(len(samples)):
+        got = batch.promotion_items[b][batch.promotion_valid[b]].tolist()
+        assert got == plan.products_for(int(weeks[b]), int(stores[b])).tolist()
+        features = batch.promotion_features[b][batch.promotion_valid[b]].numpy()
+        np.testing.assert_allclose(features[:, 0], [discount[(int(weeks[b]), p)] for p in got], rtol=1e-6)
+        assert (features[:, 1] == 1).all() and not features[:, 2:].any()   # a discount, no display or mailer
+    # a cache without a plan: one empty slot per basket
+    bare = _week_files_only(generated[0], tmp_path / "bare")
+    assert module_main("retailsim.prepare_samples", ["--input", str(bare), "--out", str(tmp_path / "samples"),
+                                                     "--n-products", "100", "--quiet"]) == 0
+    assert module_main("retailsim.prepare_tensor_cache", ["--samples", str(tmp_path / "samples"), "--out",
+                                                          str(tmp_path / "cache"), "--quiet"]) == 0
+    plain = collate(CollateArrays.from_cache(tmp_path / "cache", "test"), np.arange(5), seed=0, train=False)
+    assert plain.promotion_items.shape == (5, 1) and not plain.promotion_valid.any()
+
+
 def test_evaluation_splits_promoted_from_other_targets(plan_cache):
     from retailsim.data.cache_reader import TensorCache
     from retailsim.eval.evaluator import Evaluator
@@ -336,3 +390,111 @@ def test_complete_journey_plan_needs_the_week_column():
                                                         "mailer_location": ["0"], "week": [1]}))
     with pytest.raises(RetailSimInputError, match="week"):
         source.promotion_plan()
+
+
+# --- a plan of your own beside generic transactions (--promotions PATH --promotions-map ...) ------------------
+
+def _generic_lines(path, weeks, stores=("s1", "s2")):
+    """Three products bought by four customers in each of ``weeks`` (raw week values) at two stores."""
+    rows = ["basket_id,customer_id,product_id,week,store_id"]
+    for i, week in enumerate(weeks):
+        for c in range(4):
+            for p in ("x", "y", "z")[: 1 + (c + i) % 3]:
+                rows.append(f"b{i}{c},c{c},{p},{week},{stores[c % 2]}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_a_generic_plan_is_read_in_the_transactions_weeks(tmp_path):
+    from retailsim.data.readers import open_source, parse_mapping
+    from retailsim.data.readers.generic_plan import PLAN_MAPPABLE
+
+    lines = _generic_lines(tmp_path / "lines.csv", [200651, 200652, 200701, 200702])   # YYYYWW across a year
+    plan = tmp_path / "plan.csv"
+    plan.write_text("SKU,WK,SHOP,OFF,DISP\nx,200652,,0.2,1\ny,200701,s2,,0\nz,200702,s1,0.1,\n")
+    mapping = parse_mapping("product_id=SKU,week=WK,store_id=SHOP,discount=OFF,display=DISP", PLAN_MAPPABLE,
+                            "--promotions-map")
+    source = open_source(lines, "generic", promotions=plan, promotions_mapping=mapping)
+    tables, where = source.promotion_plan()
+    table = pa.concat_tables(list(tables))
+    assert where == plan
+    assert table.column("week").to_pylist() == [2, 3, 4]            # the transactions' ordinal weeks
+    assert table.column("store_id").to_pylist() == [None, "s2", "s1"]
+    assert table.column("discount").to_pylist() == [0.2, None, 0.1]
+    assert table.column("display").to_pylist() == [1, 0, None]      # empty: not given
+    # Stage 1 keeps it over the vocabulary and the training stores, as any plan
+    from retailsim.data.samples import write_samples
+
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    source = open_source(lines, "generic", promotions=plan, promotions_mapping=mapping)
+    entry = write_samples(source, samples, show_progress=False, split_weeks=(2, 3))["promotions"]
+    assert entry["rows"] == 3 and entry["store_specific_rows"] == 2
+    kept = pq.read_table(samples / promotions.SAMPLES_PLAN_FILE).to_pydict()
+    assert sorted(zip(kept["week"], kept["display"])) == [(2, 1), (3, 0), (4, -1)]
+    # the plan's files are part of the input's fingerprint
+    other = tmp_path / "plan2.csv"
+    other.write_text("SKU,WK\nx,200652\n")
+    assert (open_source(lines, "generic", promotions=other, promotions_mapping={"product_id": "SKU", "week": "WK"})
+            .fingerprint() != source.fingerprint())
+
+
+def test_a_generic_plan_follows_timestamps_too(tmp_path):
+    from retailsim.data.readers import open_source
+
+    lines = tmp_path / "orders.csv"
+    lines.write_text("basket_id,customer_id,product_id,timestamp\n1,a,x,2017-01-02 10:00:00\n"
+                     "2,a,y,2017-01-10 10:00:00\n3,b,x,2017-01-18 10:00:00\n")
+    plan = tmp_path / "plan.csv"
+    plan.write_text("product_id,timestamp,mailer\ny,2017-01-12,1\nx,2017-01-22 23:00:00,0\n")
+    table = pa.concat_tables(list(open_source(lines, "generic", promotions=plan).promotion_plan()[0]))
+    assert table.column("week").to_pylist() == [2, 3] and table.column("mailer").to_pylist() == [1, 0]
+
+
+@pytest.mark.parametrize("plan_text, message", [
+    ("SKU,WK\nx,200650\n", "outside the transactions' weeks 1..2"),          # before the first week
+    ("SKU,WK\nx,200702\n", "outside the transactions' weeks 1..2"),          # after the last
+    ("SKU,WK\nx,7\n", "outside the transactions' weeks 1..2 (it would be week -200643)"),
+    ("SKU,WK\nx,8\n", "do not follow the transactions' week numbering"),   # (200652, 200701) are not 1 apart
+    ("SKU,WK\n,200651\n", "line 2 (row 1), column SKU: a required value is empty"),
+    ("SKU,WEEKNO\nx,200651\n", "column mapped to week by --promotions-map is not in the file"),
+    ("SKU,WK,OFF\nx,200651,1.5\n", "a discount must be a fraction in [0, 1)"),
+], ids=["before", "after", "plain-number", "numbering", "empty-product", "missing-column", "discount"])
+def test_bad_generic_plans_are_one_clear_error(tmp_path, plan_text, message):
+    from retailsim.data.readers import open_source
+
+    weeks = [200652, 200701] if "x,8" in plan_text else [200651, 200652]
+    lines = _generic_lines(tmp_path / "lines.csv", weeks)
+    plan = tmp_path / "plan.csv"
+    plan.write_text(plan_text)
+    with pytest.raises(RetailSimInputError, match="plan.csv") as info:
+        source = open_source(lines, "generic", promotions=plan,
+                             promotions_mapping={"product_id": "SKU", "week": "WK", "discount": "OFF"}
+                             if "OFF" in plan_text else {"product_id": "SKU", "week": "WK"})
+        list(source.promotion_plan()[0])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_promotions_flags_are_checked_before_any_work(tmp_path, capsys):
+    from retailsim.cli import module_main
+
+    lines = _generic_lines(tmp_path / "lines.csv", [1, 2, 3])
+    cases = [
+        (["--promotions", str(tmp_path / "nowhere.csv")], "--promotions"),
+        (["--promotions-map", "product_id=SKU"], "--promotions-map needs --promotions PATH"),
+        (["--promotions", str(lines), "--promotions-map", "colour=C"], "--promotions-map: 'colour'"),
+        (["--format", "lgsr", "--promotions", str(lines)], "--promotions applies to --format generic only"),
+    ]
+    for flags, message in cases:
+        out = tmp_path / "out"
+        code = module_main("retailsim.prepare_samples", ["--input", str(lines), "--out", str(out), "--quiet", *flags])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1 and not out.exists(), (flags, err)
+    orders = tmp_path / "orders.csv"
+    orders.write_text("order_id,user_id,product_id,order_number\n1,a,x,1\n2,a,y,2\n")
+    plan = tmp_path / "plan.csv"
+    plan.write_text("product_id,week\nx,1\n")
+    code = module_main("retailsim.prepare_samples", ["--input", str(orders), "--out", str(tmp_path / "o"), "--quiet",
+                                                     "--map", "basket_id=order_id,customer_id=user_id",
+                                                     "--promotions", str(plan)])
+    assert code == 2 and "needs calendar weeks" in capsys.readouterr().err

@@ -105,3 +105,12 @@ def test_data_sizes_from_cache_cover_every_id_of_every_split(model_cache, data_s
 def test_data_sizes_from_a_folder_without_cache_is_a_clear_error(tmp_path):
     with pytest.raises(RetailSimInputError, match="no cache.json"):
         data_sizes_from_cache(tmp_path)
+
+
+def test_a_config_saved_before_the_promotion_pointer_builds_the_model_without_it():
+    saved = WorldModelConfig.from_name("tiny").to_dict()
+    assert saved["promotions"] is True                 # a new model reads the plan
+    del saved["promotions"]
+    assert WorldModelConfig.from_dict(saved).promotions is False
+    with pytest.raises(RetailSimInputError, match="max_promotions"):
+        WorldModelConfig.from_name("tiny", max_promotions=0)

@@ -223,38 +223,45 @@ def test_triton_and_torch_backends_agree_on_tiny(make_model, train_arrays):
         assert_fp32_close(grads_k[name], grads_t[name], name, bound=FP32_GRAD_REL_ERR)
 
 
-def test_product_scores_are_catalogue_logits_plus_history_votes(make_model, test_arrays):
-    """log(exp(logit_p) + sum over history positions holding p of exp(copy)), by a float64 loop per slot; the
-    catalogue logits alone for a customer without history."""
+def test_product_scores_are_catalogue_logits_plus_history_and_promotion_votes(make_model, test_arrays):
+    """log(exp(logit_p) + sum over history positions holding p of exp(copy) + exp(promotion score) when p is
+    promoted to the basket), by a float64 loop per slot; the catalogue logits alone for a slot with neither."""
     batch = eval_batch(test_arrays, mixed_samples(test_arrays))
     model = make_model("tiny", seed=6)
     with torch.no_grad():
         model.copy_query.weight.normal_()  # pointer scores far from uniform
+        model.promotion_query.weight.normal_()
         out = model(batch)
         rows, cols = batch.masked_positions.nonzero(as_tuple=True)
         scores = model.slot_scores(out, batch, rows, cols)
         logits = model.product_logits(out.basket_hidden[rows, cols]).double()
-    checked_votes = 0
+    checked = {"history": 0, "promotion": 0}
     for i, (row, col) in enumerate(zip(rows.tolist(), cols.tolist())):
         expected = logits[i].exp()
         for h in batch.history_valid[row].nonzero().flatten().tolist():
             expected[batch.history_items[row, h]] += out.copy_scores[row, col, h].double().exp()
-            checked_votes += 1
+            checked["history"] += 1
+        for k in batch.promotion_valid[row].nonzero().flatten().tolist():
+            expected[batch.promotion_items[row, k]] += out.promotion_scores[row, col, k].double().exp()
+            checked["promotion"] += 1
         assert_fp32_close(scores[i], expected.log(), f"slot {i}")
-    assert checked_votes > 100
+    assert checked["history"] > 100 and checked["promotion"] > 100, checked
+    neither = ~(batch.history_valid.any(1) | batch.promotion_valid.any(1))[rows]
     no_history = ~batch.history_valid.any(1)[rows]
-    assert no_history.any() and torch.equal(scores[no_history], logits[no_history].float())
+    assert no_history.any()
+    assert torch.equal(scores[neither], logits[neither].float())
 
 
-def test_a_model_without_copy_head_scores_with_catalogue_logits_only(make_model, test_arrays):
+def test_a_model_without_pointers_scores_with_catalogue_logits_only(make_model, test_arrays):
     batch = eval_batch(test_arrays, mixed_samples(test_arrays))
-    model = make_model("tiny", copy_head=False)
-    assert not any(name.startswith("copy") for name, _ in model.named_parameters())
+    assert batch.promotion_valid.any()   # the plan is there; the ablated model does not read it
+    model = make_model("tiny", copy_head=False, promotions=False)
+    assert not any(name.startswith(("copy", "promotion")) for name, _ in model.named_parameters())
     with torch.no_grad():
         out = model(batch)
         rows, cols = batch.masked_positions.nonzero(as_tuple=True)
         scores = model.slot_scores(out, batch, rows, cols)
-    assert out.copy_scores is None
+    assert out.copy_scores is None and out.promotion_scores is None
     assert torch.equal(scores, model.product_logits(out.basket_hidden[rows, cols]))
 
 
@@ -342,7 +349,7 @@ def test_log_window_counts_count_each_product_over_the_real_positions():
 def test_the_window_count_weight_turns_counts_into_a_power(make_model, test_arrays):
     """With only the count feature's weight w set, a product's total vote is count ** (1 + w) · exp(offset)."""
     batch = eval_batch(test_arrays, mixed_samples(test_arrays))
-    model = make_model("tiny", seed=3)
+    model = make_model("tiny", seed=3, promotions=False)  # the history votes alone
     w = 0.5
     with torch.no_grad():
         model.copy_purchase.weight[0, -1] = w  # query and the other purchase weights stay zero
@@ -361,3 +368,43 @@ def test_the_window_count_weight_turns_counts_into_a_power(make_model, test_arra
             checked += 1
             repeated += real.count(item) > 1
     assert checked > 50 and repeated > 10  # products bought more than once, where the power shows
+
+
+def test_promotion_scores_are_the_catalogue_logit_plus_a_learned_lift(make_model, test_arrays):
+    """Each term of a promoted product's pointer score, recomputed by hand: its catalogue logit + query . key /
+    sqrt(d_copy) (the key reading the scaled plan features and the product's hierarchy embeddings) + a linear
+    function of the scaled features + offset; COPY_PAD_SCORE at padding; at initialisation the lift is the
+    offset alone, the same for every promoted product."""
+    from retailsim.model.copy_head import COPY_PAD_SCORE
+    from retailsim.model.world_model import PROMOTION_FEATURE_SCALE, PROMOTION_START_OFFSET
+
+    batch = eval_batch(test_arrays, mixed_samples(test_arrays))
+    widths = dict(d_product=24)  # d_product != d_model: key widths differ
+    model = make_model("tiny", seed=9, **widths)
+    with torch.no_grad():
+        for layer in (model.promotion_query, model.promotion_feature):
+            layer.weight.normal_()
+        fresh = make_model("tiny", seed=9, **widths)
+        initial = fresh(batch)
+        out = model(batch)
+        valid = batch.promotion_valid
+        row = next(r for r in range(len(batch)) if 0 < valid[r].sum() < valid.shape[1] or valid[r].all())
+        col = 0
+        items = batch.promotion_items[row]
+        features = batch.promotion_features[row] * torch.tensor(PROMOTION_FEATURE_SCALE)
+        categories = model.product.product_category[items]
+        key_input = torch.cat([features, sum(table(categories[:, level])
+                                             for level, table in enumerate(model.product.hierarchy))], -1)
+        hidden = out.basket_hidden[row, col]
+        logit = model.output_weight[items] @ hidden + model.output_bias[items]
+        lift = (model.promotion_key(key_input) @ model.promotion_query(hidden) / math.sqrt(model.config.d_copy)
+                + model.promotion_feature(features).squeeze(-1) + model.promotion_offset)
+        expected = logit + lift
+        start = (fresh.output_weight[batch.promotion_items] @ initial.basket_hidden.transpose(1, 2)).transpose(1, 2)
+        start = start + fresh.output_bias[batch.promotion_items][:, None, :] + PROMOTION_START_OFFSET
+    assert valid[row].any() and features[valid[row], 0].min() > 0.9    # discounts of 10 % and more, in tenths
+    assert_fp32_close(out.promotion_scores[row, col, valid[row]], expected[valid[row]], "promotion scores")
+    padded = ~valid[:, None, :].expand_as(out.promotion_scores)
+    assert (out.promotion_scores[padded] == COPY_PAD_SCORE).all()
+    real = ~padded
+    assert_fp32_close(initial.promotion_scores[real], start[real], "initial promotion scores")

@@ -24,8 +24,8 @@ def tiny_model_factory():
     """build_world_model with the tiny preset whatever the caller asks (tests stay fast)."""
     from retailsim.train.trainer import build_world_model
 
-    def factory(preset, data, gradient_checkpointing, config=None):
-        return build_world_model("tiny", data, gradient_checkpointing, config)
+    def factory(preset, data, gradient_checkpointing, config=None, **overrides):
+        return build_world_model("tiny", data, gradient_checkpointing, config, **overrides)
 
     return factory
 

@@ -18,29 +18,35 @@ from tests.tolerances import FP32_GRAD_REL_ERR, FP32_REL_ERR, assert_fp32_close
 TEMPERATURE, GAMMA = 0.07, 2.0
 
 
-@pytest.fixture(params=["catalogue", "copy"])
+@pytest.fixture(params=["catalogue", "copy", "promotion"])
 def model_batch_output(request, tiny_cache, tiny_model_factory):
-    """The tiny model's float64 outputs on a batch; "catalogue": without the copy head's pointer scores."""
+    """The tiny model's float64 outputs on a batch; "catalogue": without pointer scores, "copy": the copy head's
+    only, "promotion": the copy head's and the promoted products' (the generated cache has a plan)."""
     set_backend("torch")
     torch.manual_seed(11)
     model = tiny_model_factory("tiny", tiny_cache, False)
     batch = next(iter(make_loader(tiny_cache, "train", batch_size=16, seed=5)))
     with torch.no_grad():
         model.copy_query.weight.normal_()  # pointer scores far from uniform
+        model.promotion_query.weight.normal_()
         output = model(batch)
         # the loss and the references read the same float64 values: only the loss's own arithmetic differs
-        copy = output.copy_scores.double() if request.param == "copy" else None
+        copy = output.copy_scores.double() if request.param != "catalogue" else None
+        promotion = output.promotion_scores.double() if request.param == "promotion" else None
         output64 = WorldModelOutput(output.basket_hidden.double(), output.context_hidden.double(),
-                                    {name: logits.double() for name, logits in output.aux_logits.items()}, copy)
+                                    {name: logits.double() for name, logits in output.aux_logits.items()}, copy,
+                                    promotion)
         weight, bias = model.output_weight.double(), model.output_bias.double()
     model64 = SimpleNamespace(output_weight=weight, output_bias=bias, product_vectors=lambda ids: weight[ids])
+    assert batch.promotion_valid[batch.masked_positions.any(1)].any()
     assert torch.equal(model.product_vectors(torch.arange(5)).double(), weight[:5])
     return model64, batch, output64
 
 
 def focal_reference(model, batch, output) -> torch.Tensor:
-    """Focal loss of the joint distribution exp(logit_p) + sum of exp(copy_h) over history positions holding p,
-    built by a loop over slots and history positions (catalogue logits alone without pointer scores)."""
+    """Focal loss of the joint distribution exp(logit_p) + sum of exp(copy_h) over history positions holding p
+    (+ exp(promotion score) when p is promoted to the basket), built by a loop over slots, history positions and
+    promoted products (catalogue logits alone without pointer scores)."""
     losses = []
     for row, col in batch.masked_positions.nonzero().tolist():
         mass = (output.basket_hidden[row, col].double() @ model.output_weight.double().t()
@@ -49,6 +55,10 @@ def focal_reference(model, batch, output) -> torch.Tensor:
             for h in batch.history_valid[row].nonzero().flatten().tolist():
                 mass = mass.index_add(0, batch.history_items[row, h:h + 1],
                                       output.copy_scores[row, col, h:h + 1].double().exp())
+        if output.promotion_scores is not None:
+            for k in batch.promotion_valid[row].nonzero().flatten().tolist():
+                mass = mass.index_add(0, batch.promotion_items[row, k:k + 1],
+                                      output.promotion_scores[row, col, k:k + 1].double().exp())
         p = mass[batch.targets[row, col]] / mass.sum()
         losses.append(-(1 - p) ** GAMMA * torch.log(p))
     return torch.stack(losses).mean()
@@ -147,7 +157,7 @@ def test_gradients_reach_the_output_projection_and_every_head(tiny_cache, tiny_m
         assert grad is not None and grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("model_batch_output", ["copy"], indirect=True)
+@pytest.mark.parametrize("model_batch_output", ["copy", "promotion"], indirect=True)
 def test_copy_focal_gradients_match_float64_autograd(model_batch_output):
     """Gradients of the joint (catalogue + pointer) focal term through the fused kernel's log-partition, against
     float64 autograd through the loop reference, for the slot outputs, pointer scores, output weight and bias
@@ -155,13 +165,15 @@ def test_copy_focal_gradients_match_float64_autograd(model_batch_output):
     model, batch, output = model_batch_output
     leaves = {name: value.clone().requires_grad_() for name, value in (
         ("hidden", output.basket_hidden), ("copy", output.copy_scores), ("weight", model.output_weight),
-        ("bias", model.output_bias))}
+        ("bias", model.output_bias)) + ((("promotion", output.promotion_scores),)
+                                         if output.promotion_scores is not None else ())}
     grads = []
     for loss_of in (lambda m, o: WorldModelLoss().focal(m, batch, o), lambda m, o: focal_reference(m, batch, o)):
         for leaf in leaves.values():
             leaf.grad = None
         model_leaves = SimpleNamespace(output_weight=leaves["weight"], output_bias=leaves["bias"])
-        out = WorldModelOutput(leaves["hidden"], output.context_hidden, output.aux_logits, leaves["copy"])
+        out = WorldModelOutput(leaves["hidden"], output.context_hidden, output.aux_logits, leaves["copy"],
+                               leaves.get("promotion"))
         loss_of(model_leaves, out).backward()
         grads.append({name: leaf.grad.clone() for name, leaf in leaves.items()})
     for name in leaves:

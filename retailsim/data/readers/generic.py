@@ -95,7 +95,8 @@ class GenericSource:
 
     name = "generic"
 
-    def __init__(self, path: str | Path, mapping: dict[str, str]):
+    def __init__(self, path: str | Path, mapping: dict[str, str], promotions: str | Path | None = None,
+                 promotions_mapping: dict[str, str] | None = None):
         self.path = Path(path)
         self.mapping = dict(mapping)
         self.files = discover_files(self.path)
@@ -114,6 +115,25 @@ class GenericSource:
         self.counters = InputCounters()
         self.chunks = self._chunks()
         self._index_weeks()
+        self.plan = None
+        if promotions is not None:   # generic_plan.py: the plan's weeks are read in these transactions' terms
+            from retailsim.data.readers.generic_plan import GenericPlan
+
+            self.plan = GenericPlan(promotions, promotions_mapping or {}, self)
+
+    @property
+    def week_lookup(self) -> dict[int, int]:
+        """Raw week value -> ordinal week, for every value of a ``week`` column (week time only)."""
+        return self._week_lookup
+
+    @property
+    def first_monday(self) -> int:
+        """Days since 1970-01-01 of the Monday of week 1 (timestamp time only)."""
+        return self._first_monday
+
+    def promotion_plan(self) -> tuple[Iterator[pa.Table], Path] | None:
+        """(the ``--promotions`` plan as canonical tables, its path), or None without one."""
+        return None if self.plan is None else (self.plan.tables(), self.plan.path)
 
     # --- opening: columns, chunks, week index ---------------------------------------------------------------
 
@@ -329,7 +349,9 @@ class GenericSource:
         return self._n_weeks
 
     def fingerprint(self) -> str:
-        return validation.files_fingerprint(self.files, extra=f"{self.name}:{sorted(self.sources.items())}")
+        plan = ((), "") if self.plan is None else (tuple(self.plan.files), f":plan={sorted(self.plan.sources.items())}")
+        return validation.files_fingerprint(self.files + list(plan[0]),
+                                            extra=f"{self.name}:{sorted(self.sources.items())}{plan[1]}")
 
     def weeks(self) -> Iterator[tuple[int, pa.Table]]:
         """Every week 1..n_weeks in order; a week with no lines (a gap in the data) yields an empty table."""

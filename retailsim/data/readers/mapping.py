@@ -8,8 +8,9 @@ from retailsim.errors import RetailSimInputError
 MAPPABLE_NAMES = tuple(COLUMNS_BY_NAME) + SOURCE_TIME_COLUMNS
 
 
-def parse_mapping(text: str | None) -> dict[str, str]:
-    """``"basket_id=ORDER_ID, customer_id=USER_ID"`` -> ``{"basket_id": "ORDER_ID", "customer_id": "USER_ID"}``."""
+def parse_mapping(text: str | None, names: tuple[str, ...] = MAPPABLE_NAMES, flag: str = "--map") -> dict[str, str]:
+    """``"basket_id=ORDER_ID, customer_id=USER_ID"`` -> ``{"basket_id": "ORDER_ID", "customer_id": "USER_ID"}``;
+    ``names`` are the names that may be mapped, ``flag`` the option errors name."""
     mapping: dict[str, str] = {}
     if text is None or not text.strip():
         return mapping
@@ -19,11 +20,11 @@ def parse_mapping(text: str | None) -> dict[str, str]:
             continue
         canonical, equals, source = (part.strip() for part in item.partition("="))
         if not equals or not canonical or not source:
-            raise RetailSimInputError(f"--map: expected canonical=SOURCE pairs separated by commas, got {item!r}.")
-        if canonical not in MAPPABLE_NAMES:
+            raise RetailSimInputError(f"{flag}: expected canonical=SOURCE pairs separated by commas, got {item!r}.")
+        if canonical not in names:
             raise RetailSimInputError(
-                f"--map: {canonical!r} is not a canonical column (expected one of {', '.join(MAPPABLE_NAMES)}).")
+                f"{flag}: {canonical!r} is not a canonical column (expected one of {', '.join(names)}).")
         if canonical in mapping:
-            raise RetailSimInputError(f"--map: {canonical!r} is mapped twice.")
+            raise RetailSimInputError(f"{flag}: {canonical!r} is mapped twice.")
         mapping[canonical] = source
     return mapping
