@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads for training (0: torch's default, one per core)")
     parser.add_argument("--val-batches", type=int, default=DEMO_VAL_BATCHES,
                         help="validation batches per training epoch (0 = the whole validation split)")
-    parser.add_argument("--no-promotions", dest="promotions", action="store_false",
-                        help="train the ablation: the model ignores the generator's promotion plan")
+    parser.add_argument("--promotions", action="store_true",
+                        help="train the model that reads the generator's promotion plan (retailsim train --promotions)")
     parser.add_argument("--eval-batches", type=int, default=DEMO_EVAL_BATCHES,
                         help="test (and validation-tuning) batches evaluated; 0 = the whole split")
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
                             "--device", args.device, "--seed", str(args.seed), "--threads", str(args.threads),
                             "--val-batches", str(args.val_batches), "--overwrite"]
-             + ([] if args.promotions else ["--no-promotions"]))
+             + (["--promotions"] if args.promotions else []))
     evaluate = [str(checkpoints / "best_model.pt"), "--data", str(cache), "--split", "test",
                 "--output", str(results), "--ground-truth", str(raw / "ground_truth.parquet"),
                 "--metrics-log", str(checkpoints / METRICS_LOG), "--device", args.device]

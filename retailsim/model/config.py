@@ -62,7 +62,7 @@ class WorldModelConfig:
     d_copy: int = 64         # query/key width of the copy head
     copy_count: bool = True  # the log of how often the purchase's product occurs in the window joins its score
     condition_on_mission: bool = False  # simulation: a given basket_mission is an input, its head is off
-    promotions: bool = True  # the week's promoted products join each slot's pointer (world_model.py); False: ablation
+    promotions: bool = False  # the week's promoted products' logits get a learned lift (world_model.py)
     max_promotions: int = DEFAULT_MAX_PROMOTIONS  # promoted products per basket the model reads, at most
     # --- training switches ---
     gradient_checkpointing: bool = False
@@ -136,7 +136,7 @@ class WorldModelConfig:
     def from_dict(cls, values: dict) -> "WorldModelConfig":
         """The config saved by ``to_dict`` (a checkpoint's ``config``); unknown keys are an error."""
         values = dict(values)
-        values.setdefault("promotions", False)  # saved before the promotion pointer existed: a model without it
+        values.setdefault("promotions", False)  # saved before the promotion lift existed: a model without it
         for name, only in RETIRED_FIELDS.items():
             if name in values and values.pop(name) != only:
                 raise RetailSimInputError(f"WorldModelConfig.{name} was removed (only {name}={only!r} remains); "

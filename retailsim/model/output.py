@@ -23,13 +23,15 @@ class WorldModelOutput:
                                 K = len(schema.LABELS[name]) (index 0 = unknown, never a target)
     copy_scores [B, S, H]       pointer scores of each slot over the history positions (Batch.history_items),
                                 COPY_PAD_SCORE at padding; None when the config has no copy head
-    promotion_scores [B, S, P]  pointer scores of each slot over the basket's promoted products
-                                (Batch.promotion_items), COPY_PAD_SCORE at padding; None when the config's
-                                ``promotions`` is off
+    promotion_logits [B, S, P]  each slot's catalogue logits of the basket's promoted products
+                                (Batch.promotion_items); None when the config's ``promotions`` is off
+    promotion_lift [B, S, P]    the learned rise of those logits (0 at padding), applied with the shift that
+                                keeps the catalogue's mass (copy_head.promotion_shift); None without promotions
     """
 
     basket_hidden: torch.Tensor
     context_hidden: torch.Tensor
     aux_logits: dict[str, torch.Tensor]
     copy_scores: torch.Tensor | None = None
-    promotion_scores: torch.Tensor | None = None
+    promotion_logits: torch.Tensor | None = None
+    promotion_lift: torch.Tensor | None = None

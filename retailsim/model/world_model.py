@@ -12,19 +12,18 @@
                              positions: query(basket_hidden) . key(purchase) / sqrt(d_copy) + a learned function
                              of the purchase's features (age, time of year, log count of its product in the
                              window) + offset; the key reads the purchased product's hierarchy embeddings
-    promotion pointer        (``promotions``) scores [B, S, P] of each slot over the products promoted to the
-                             basket's store that week (Batch.promotion_items, from the plan a retailer has before the
-                             week): the product's catalogue logit + query(basket_hidden) . key(plan features,
-                             hierarchy) / sqrt(d_copy) + a learned function of the plan features + offset
+    promotions               (``promotions``) a lift [B, S, P] of each slot's catalogue logits of the products
+                             promoted to the basket's store that week (Batch.promotion_items, from the plan a
+                             retailer has before the week): query(basket_hidden) . key(plan features, hierarchy) /
+                             sqrt(d_copy) + a learned function of the plan features + offset
 
 The copy head makes "buy it again" a first-class prediction: the slot's distribution is one softmax over the
 catalogue logits and the pointer scores together, every past purchase voting for its product
 (model/copy_head.py). At initialisation every purchase has the same score, so the pointer starts as the
-personal-frequency baseline and learns from there. A promoted product votes the same way, with its own
-catalogue logit inside its score: its mass becomes exp(logit) (1 + exp(lift)), a logit raised by softplus(lift),
-lift = the learned term (a discount makes a product more likely, never less: the generator's promotion
-response is such a lift, market.py; how much, for this customer and slot, is learned). ``product_scores`` gives
-the log-scores; the loss gets the
+personal-frequency baseline and learns from there. A promoted product's catalogue logit rises by its lift and
+the catalogue part keeps its total mass (copy_head.promotion_shift): promotions move probability between
+catalogue products, not away from the past purchases. The lift starts at 0, so the model starts as its
+ablation. ``product_scores`` gives the log-scores; the loss gets the
 catalogue log-partition from the fused ``linear_focal_loss`` and adds the pointer terms itself (train/loss.py),
 so training still never materialises catalogue logits.
 
@@ -34,6 +33,7 @@ No autocast inside: the trainer wraps the call (bf16 on CUDA); on CPU/MPS everyt
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -53,8 +53,7 @@ from retailsim.model.mamba import MambaBlock
 from retailsim.model.output import WorldModelOutput
 
 _MISSION_COLUMN = schema.LABEL_TARGETS.index("basket_mission")
-PROMOTION_START_OFFSET = -2.0  # the promotion pointer's initial lift: softplus(-2) = 0.13 on a promoted logit
-# The plan features as the promotion pointer reads them: the discount in tenths off, the flags as they are. A
+# The plan features as the promotion lift reads them: the discount in tenths off, the flags as they are. A
 # fraction off (0.1-0.35) would need a weight of 5-20 to move the lift by a unit, more than Adam's lr-sized steps
 # travel in a few epochs.
 PROMOTION_FEATURE_SCALE = (10.0, 1.0, 1.0, 1.0)
@@ -142,11 +141,10 @@ class WorldModel(nn.Module):
                 nn.init.zeros_(layer.weight)
             nn.init.constant_(self.copy_offset, max(0.0, math.log(self.config.vocab_size / self.config.max_history)))
         if self.config.promotions:
-            # a small equal lift for every promoted product at the start (softplus(-2) = 0.13 on its logit), the
-            # query and the feature weights from zero: the model starts close to its ablation and learns the lift
+            # no lift at the start (query and feature weights zero, offset 0): the model starts as its ablation
             for layer in (self.promotion_query, self.promotion_feature):
                 nn.init.zeros_(layer.weight)
-            nn.init.constant_(self.promotion_offset, PROMOTION_START_OFFSET)
+            nn.init.zeros_(self.promotion_offset)
 
     def set_product_category(self, product_category) -> None:
         """Install the hierarchy table [vocab_size, 4] (``product_category_from_cache``) in the buffer."""
@@ -203,11 +201,13 @@ class WorldModel(nn.Module):
     def slot_scores(self, output: WorldModelOutput, batch: Batch, rows: torch.Tensor,
                     cols: torch.Tensor) -> torch.Tensor:
         """[R, V] ``product_scores`` of the slots (rows[i], cols[i]) of ``batch`` (e.g. its masked positions)."""
-        terms = copy_head.pointer(output, batch)
-        if terms is None:
-            return self.product_logits(output.basket_hidden[rows, cols])
-        scores, items, _ = terms
-        return self.product_scores(output.basket_hidden[rows, cols], scores[rows, cols], items[rows])
+        logits = self.product_logits(output.basket_hidden[rows, cols])
+        if output.promotion_lift is not None:
+            logits = copy_head.lifted_logits(logits, output.promotion_lift[rows, cols], batch.promotion_items[rows],
+                                             batch.promotion_valid[rows])
+        if output.copy_scores is None:
+            return logits
+        return copy_head.log_scores(logits, output.copy_scores[rows, cols], batch.history_items[rows])
 
     def product_vectors(self, product_ids: torch.Tensor) -> torch.Tensor:
         """[...] ids → [..., D]: the products' output-space vectors (rows of ``output_weight``), differentiable."""
@@ -258,27 +258,32 @@ class WorldModel(nn.Module):
         trunk = self.aux_trunk(context_hidden)                                    # [B, D]
         aux = {name: head(trunk) for name, head in self.aux_heads.items()}        # {name: [B, K]}
         copy = self.copy_scores(basket_hidden, batch) if self.config.copy_head else None
-        promotion = self.promotion_scores(basket_hidden, batch) if self.config.promotions else None
+        promotion_logits, lift = self.promotion_terms(basket_hidden, batch) if self.config.promotions else (None, None)
         return WorldModelOutput(basket_hidden=basket_hidden, context_hidden=context_hidden, aux_logits=aux,
-                                copy_scores=copy, promotion_scores=promotion)
+                                copy_scores=copy, promotion_logits=promotion_logits, promotion_lift=lift)
 
-    def promotion_scores(self, basket_hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """[B, S, P] pointer scores of each slot over the basket's promoted products: the product's catalogue
-        logit (basket_hidden . output vector + output bias, only for these P products) + query(slot) .
-        key(plan features, hierarchy embeddings) / sqrt(d_copy) + feature score + offset (features scaled by
-        PROMOTION_FEATURE_SCALE); COPY_PAD_SCORE at
-        padding. A basket without promotions (or a cache without a plan) has none valid: the model's
-        distribution is then the ablated one."""
+    def promotion_terms(self, basket_hidden: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, S, P] each slot's catalogue logits of the basket's promoted products, basket_hidden . output
+        vector + output bias for these P products only; [B, S, P] their lift, query(slot) . key(plan features,
+        hierarchy embeddings) / sqrt(d_copy) + feature score + offset, the features scaled by
+        PROMOTION_FEATURE_SCALE, 0 at padding). A basket without promotions (or a cache without a plan) has none
+        valid: its distribution is then the ablated model's."""
         items, valid = batch.promotion_items, batch.promotion_valid
         features = batch.promotion_features * self.promotion_feature_scale       # [B, P, 4]
         vectors = self.product_vectors(items)                                     # [B, P, D]
-        logits = basket_hidden @ vectors.transpose(1, 2) + self.output_bias[items][:, None, :]   # [B, S, P]
+        device_type = basket_hidden.device.type
+        # float32 like the loss's catalogue log-partition, whose shift these logits enter (outside autocast)
+        precision = (torch.autocast(device_type, enabled=False) if device_type in ("cuda", "cpu")
+                     else contextlib.nullcontext())
+        with precision:
+            logits = (basket_hidden.float() @ vectors.float().transpose(1, 2)
+                      + self.output_bias[items].float()[:, None, :])                # [B, S, P]
         key_input = torch.cat([features, self.product.hierarchy_vectors(items)], dim=-1)
         query = self.promotion_query(basket_hidden)                               # [B, S, d_copy]
         key = self.promotion_key(key_input)                                       # [B, P, d_copy]
         lift = (query @ key.transpose(1, 2) / math.sqrt(self.config.d_copy)
                 + self.promotion_feature(features).squeeze(-1)[:, None, :] + self.promotion_offset)
-        return (logits + lift).masked_fill(~valid[:, None, :], copy_head.COPY_PAD_SCORE)
+        return logits, lift.masked_fill(~valid[:, None, :], 0.0)
 
     def copy_scores(self, basket_hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
         """[B, S, H] pointer scores of each slot over the history positions: query(slot) . key(purchase) /

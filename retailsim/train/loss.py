@@ -7,8 +7,10 @@ total = 0.60 focal + 0.20 contrastive + 0.08 basket size + 0.08 price band + 0.0
   With the model's copy head the target's probability is that of one softmax over the catalogue logits and
   the pointer scores (model/copy_head.py): the fused kernel at gamma 0 gives each row's cross-entropy, hence
   the catalogue log-partition lse = CE + target logit (its gradient is exactly the catalogue softmax); the
-  pointer terms ([R, H + P], small: the history positions and the basket's promoted products,
-  ``copy_head.pointer``) are added in PyTorch and the focal factor (1 - p)^gamma is applied to the joint p.
+  pointer terms ([R, H], small) are added in PyTorch and the focal factor (1 - p)^gamma is applied to the
+  joint p. With the week's promotions the target's catalogue logit takes its lift and the shift that keeps the
+  catalogue's mass (copy_head.promotion_shift, from the promoted products' logits [R, P]), the log-partition
+  staying the kernel's.
 * contrastive (tau 0.07) through ``retailsim.ops.contrastive_loss``: every real basket item is an anchor (its
   decoder output); its positive is the product vector of the next real item of the same basket (cyclically;
   a one-item basket has none, -1); the candidates are the product vectors of the TRUE ids of every real item of
@@ -86,10 +88,9 @@ class WorldModelLoss(torch.nn.Module):
         targets = batch.targets[masked]  # (R,)
         weight, bias = model.output_weight.float(), model.output_bias
         bias = None if bias is None else bias.float()
-        terms = copy_head.pointer(output, batch)
-        if terms is None:
+        lift = getattr(output, "promotion_lift", None)
+        if output.copy_scores is None and lift is None:
             return linear_focal_loss(hidden, weight, targets, bias=bias, gamma=self.gamma)
-        scores, items, valid = terms
         if targets.numel() == 0:
             return hidden.sum() * 0.0
         target_logit = (hidden * weight[targets]).sum(-1) + (0.0 if bias is None else bias[targets])  # (R,)
@@ -97,8 +98,16 @@ class WorldModelLoss(torch.nn.Module):
         catalogue_lse = linear_focal_loss(hidden, weight, targets, bias=bias, gamma=0.0,
                                           reduction="none") + target_logit  # (R,)
         rows = masked.nonzero(as_tuple=True)[0]
-        log_p = copy_head.log_prob_target(target_logit, catalogue_lse, scores[masked].float(), items[rows],
-                                          valid[rows], targets)  # (R,)
+        if lift is not None:   # the promoted products' lift, the catalogue's mass kept (copy_head.promotion_shift)
+            lift, items, valid = lift[masked].float(), batch.promotion_items[rows], batch.promotion_valid[rows]
+            target_logit = (target_logit + copy_head.target_lift(lift, items, valid, targets)
+                            + copy_head.promotion_shift(catalogue_lse, output.promotion_logits[masked].float(), lift,
+                                                        valid))
+        if output.copy_scores is None:
+            log_p = target_logit - catalogue_lse
+        else:
+            log_p = copy_head.log_prob_target(target_logit, catalogue_lse, output.copy_scores[masked].float(),
+                                              batch.history_items[rows], batch.history_valid[rows], targets)  # (R,)
         return (-(-torch.expm1(log_p)).pow(self.gamma) * log_p).mean()
 
     def contrastive(self, model, batch: Batch, output: WorldModelOutput) -> torch.Tensor:

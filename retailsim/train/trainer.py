@@ -62,7 +62,7 @@ class TrainConfig:
     val_batches: int = 0  # validation batches per epoch (per process), the first in split order; 0 = the whole split
     log_every: int = 50
     gradient_checkpointing: bool = False
-    promotions: bool = True  # the model reads the cache's promotion plan (False: the ablation)
+    promotions: bool = False  # the model reads the cache's promotion plan (--promotions)
     progress: bool = True
     overwrite: bool = False  # replace an earlier run's files in ``out`` (else a non-empty ``out`` needs a resume)
 
@@ -193,7 +193,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         state = self.resume_state
         try:
-            overrides = {} if cfg.promotions or state is not None else {"promotions": False}
+            overrides = {"promotions": True} if cfg.promotions and state is None else {}
             self.model = self.model_factory(cfg.preset, cfg.data, cfg.gradient_checkpointing,
                                             None if state is None else state["config"], **overrides).to(self.device)
             if state is not None:

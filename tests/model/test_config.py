@@ -107,9 +107,10 @@ def test_data_sizes_from_a_folder_without_cache_is_a_clear_error(tmp_path):
         data_sizes_from_cache(tmp_path)
 
 
-def test_a_config_saved_before_the_promotion_pointer_builds_the_model_without_it():
-    saved = WorldModelConfig.from_name("tiny").to_dict()
-    assert saved["promotions"] is True                 # a new model reads the plan
+def test_a_config_saved_before_the_promotion_lift_builds_the_model_without_it():
+    saved = WorldModelConfig.from_name("tiny", promotions=True).to_dict()
+    assert WorldModelConfig.from_dict(saved).promotions is True
+    assert WorldModelConfig.from_name("tiny").promotions is False      # opt-in (README: not yet a default)
     del saved["promotions"]
     assert WorldModelConfig.from_dict(saved).promotions is False
     with pytest.raises(RetailSimInputError, match="max_promotions"):

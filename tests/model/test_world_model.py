@@ -223,11 +223,12 @@ def test_triton_and_torch_backends_agree_on_tiny(make_model, train_arrays):
         assert_fp32_close(grads_k[name], grads_t[name], name, bound=FP32_GRAD_REL_ERR)
 
 
-def test_product_scores_are_catalogue_logits_plus_history_and_promotion_votes(make_model, test_arrays):
-    """log(exp(logit_p) + sum over history positions holding p of exp(copy) + exp(promotion score) when p is
-    promoted to the basket), by a float64 loop per slot; the catalogue logits alone for a slot with neither."""
+def test_product_scores_are_catalogue_logits_plus_history_votes_with_promotions_lifted(make_model, test_arrays):
+    """log(C(p) + sum over history positions holding p of exp(copy)), C the catalogue part: exp(logit_p + lift_p)
+    for a product promoted to the basket, exp(logit_p) otherwise, scaled so that the catalogue keeps its mass;
+    by a float64 loop per slot."""
     batch = eval_batch(test_arrays, mixed_samples(test_arrays))
-    model = make_model("tiny", seed=6)
+    model = make_model("tiny", seed=6, promotions=True)
     with torch.no_grad():
         model.copy_query.weight.normal_()  # pointer scores far from uniform
         model.promotion_query.weight.normal_()
@@ -237,19 +238,17 @@ def test_product_scores_are_catalogue_logits_plus_history_and_promotion_votes(ma
         logits = model.product_logits(out.basket_hidden[rows, cols]).double()
     checked = {"history": 0, "promotion": 0}
     for i, (row, col) in enumerate(zip(rows.tolist(), cols.tolist())):
-        expected = logits[i].exp()
+        lifted = logits[i].clone()
+        for k in batch.promotion_valid[row].nonzero().flatten().tolist():
+            lifted[batch.promotion_items[row, k]] += out.promotion_lift[row, col, k].double()
+            checked["promotion"] += 1
+        expected = lifted.exp() * (logits[i].exp().sum() / lifted.exp().sum())
         for h in batch.history_valid[row].nonzero().flatten().tolist():
             expected[batch.history_items[row, h]] += out.copy_scores[row, col, h].double().exp()
             checked["history"] += 1
-        for k in batch.promotion_valid[row].nonzero().flatten().tolist():
-            expected[batch.promotion_items[row, k]] += out.promotion_scores[row, col, k].double().exp()
-            checked["promotion"] += 1
         assert_fp32_close(scores[i], expected.log(), f"slot {i}")
     assert checked["history"] > 100 and checked["promotion"] > 100, checked
-    neither = ~(batch.history_valid.any(1) | batch.promotion_valid.any(1))[rows]
-    no_history = ~batch.history_valid.any(1)[rows]
-    assert no_history.any()
-    assert torch.equal(scores[neither], logits[neither].float())
+    assert (~batch.history_valid.any(1))[rows].any()     # cold-start slots: the lifted catalogue part alone
 
 
 def test_a_model_without_pointers_scores_with_catalogue_logits_only(make_model, test_arrays):
@@ -261,7 +260,7 @@ def test_a_model_without_pointers_scores_with_catalogue_logits_only(make_model, 
         out = model(batch)
         rows, cols = batch.masked_positions.nonzero(as_tuple=True)
         scores = model.slot_scores(out, batch, rows, cols)
-    assert out.copy_scores is None and out.promotion_scores is None
+    assert out.copy_scores is None and out.promotion_lift is None and out.promotion_logits is None
     assert torch.equal(scores, model.product_logits(out.basket_hidden[rows, cols]))
 
 
@@ -370,25 +369,24 @@ def test_the_window_count_weight_turns_counts_into_a_power(make_model, test_arra
     assert checked > 50 and repeated > 10  # products bought more than once, where the power shows
 
 
-def test_promotion_scores_are_the_catalogue_logit_plus_a_learned_lift(make_model, test_arrays):
-    """Each term of a promoted product's pointer score, recomputed by hand: its catalogue logit + query . key /
-    sqrt(d_copy) (the key reading the scaled plan features and the product's hierarchy embeddings) + a linear
-    function of the scaled features + offset; COPY_PAD_SCORE at padding; at initialisation the lift is the
-    offset alone, the same for every promoted product."""
-    from retailsim.model.copy_head import COPY_PAD_SCORE
-    from retailsim.model.world_model import PROMOTION_FEATURE_SCALE, PROMOTION_START_OFFSET
+def test_the_promotion_lift_adds_query_key_plan_features_and_offset(make_model, test_arrays):
+    """Each term of a promoted product's lift, recomputed by hand: query . key / sqrt(d_copy) (the key reading the
+    scaled plan features and the product's hierarchy embeddings) + a linear function of the scaled features +
+    offset, 0 at padding; the promoted products' logits are their catalogue logits; at initialisation no lift
+    (the model starts as its ablation)."""
+    from retailsim.model.world_model import PROMOTION_FEATURE_SCALE
 
     batch = eval_batch(test_arrays, mixed_samples(test_arrays))
-    widths = dict(d_product=24)  # d_product != d_model: key widths differ
+    widths = dict(d_product=24, promotions=True)  # d_product != d_model: key widths differ
     model = make_model("tiny", seed=9, **widths)
     with torch.no_grad():
         for layer in (model.promotion_query, model.promotion_feature):
             layer.weight.normal_()
-        fresh = make_model("tiny", seed=9, **widths)
-        initial = fresh(batch)
+        model.promotion_offset.fill_(0.3)
+        initial = make_model("tiny", seed=9, **widths)(batch)
         out = model(batch)
         valid = batch.promotion_valid
-        row = next(r for r in range(len(batch)) if 0 < valid[r].sum() < valid.shape[1] or valid[r].all())
+        row = next(r for r in range(len(batch)) if valid[r].any())
         col = 0
         items = batch.promotion_items[row]
         features = batch.promotion_features[row] * torch.tensor(PROMOTION_FEATURE_SCALE)
@@ -396,15 +394,41 @@ def test_promotion_scores_are_the_catalogue_logit_plus_a_learned_lift(make_model
         key_input = torch.cat([features, sum(table(categories[:, level])
                                              for level, table in enumerate(model.product.hierarchy))], -1)
         hidden = out.basket_hidden[row, col]
-        logit = model.output_weight[items] @ hidden + model.output_bias[items]
-        lift = (model.promotion_key(key_input) @ model.promotion_query(hidden) / math.sqrt(model.config.d_copy)
-                + model.promotion_feature(features).squeeze(-1) + model.promotion_offset)
-        expected = logit + lift
-        start = (fresh.output_weight[batch.promotion_items] @ initial.basket_hidden.transpose(1, 2)).transpose(1, 2)
-        start = start + fresh.output_bias[batch.promotion_items][:, None, :] + PROMOTION_START_OFFSET
-    assert valid[row].any() and features[valid[row], 0].min() > 0.9    # discounts of 10 % and more, in tenths
-    assert_fp32_close(out.promotion_scores[row, col, valid[row]], expected[valid[row]], "promotion scores")
-    padded = ~valid[:, None, :].expand_as(out.promotion_scores)
-    assert (out.promotion_scores[padded] == COPY_PAD_SCORE).all()
-    real = ~padded
-    assert_fp32_close(initial.promotion_scores[real], start[real], "initial promotion scores")
+        expected = (model.promotion_key(key_input) @ model.promotion_query(hidden) / math.sqrt(model.config.d_copy)
+                    + model.promotion_feature(features).squeeze(-1) + model.promotion_offset)
+        logits = model.output_weight[items] @ hidden + model.output_bias[items]
+    assert features[valid[row], 0].min() > 0.9      # discounts of 10 % and more, in tenths
+    assert_fp32_close(out.promotion_lift[row, col, valid[row]], expected[valid[row]], "promotion lift")
+    assert_fp32_close(out.promotion_logits[row, col, valid[row]], logits[valid[row]], "promotion logits")
+    padded = ~valid[:, None, :].expand_as(out.promotion_lift)
+    assert padded.any() and (out.promotion_lift[padded] == 0).all()
+    assert valid.any() and (initial.promotion_lift == 0).all()
+
+
+def test_the_promotion_shift_keeps_the_catalogue_mass():
+    """float64: exp(lse) = sum of the lifted, shifted logits, for random rows, a row without promotions (no shift)
+    and a row whose promoted products hold all its mass (finite)."""
+    from retailsim.model import copy_head
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 40, generator=generator, dtype=torch.float64) * 3
+    items = torch.stack([torch.randperm(39, generator=generator)[:6] + 1 for _ in range(5)])
+    lift = torch.randn(5, 6, generator=generator, dtype=torch.float64) * 2
+    valid = torch.rand(5, 6, generator=generator) < 0.7
+    valid[1] = False
+    lifted = copy_head.lifted_logits(logits, lift, items, valid)
+    assert_fp32_close(torch.logsumexp(lifted, -1), torch.logsumexp(logits, -1), "catalogue mass", bound=1e-12)
+    assert torch.equal(lifted[1], logits[1])
+    for r in (0, 2, 3, 4):
+        on = items[r][valid[r]]
+        rise = lifted[r, on] - logits[r, on]
+        off = torch.ones(40, dtype=torch.bool)
+        off[on] = False
+        shift = lifted[r, off] - logits[r, off]
+        assert_fp32_close(rise - shift[0], lift[r][valid[r]], "lift", bound=1e-12)
+        assert torch.allclose(shift, shift[0].expand_as(shift))
+    # every product promoted: a share of 1 - 1e-6 at most, so the shift stays finite
+    everything = torch.arange(40)[None, :]
+    full = copy_head.lifted_logits(logits[:1], torch.ones(1, 40, dtype=torch.float64), everything,
+                                   torch.ones(1, 40, dtype=torch.bool))
+    assert torch.isfinite(full).all()

@@ -24,41 +24,52 @@ def model_batch_output(request, tiny_cache, tiny_model_factory):
     only, "promotion": the copy head's and the promoted products' (the generated cache has a plan)."""
     set_backend("torch")
     torch.manual_seed(11)
-    model = tiny_model_factory("tiny", tiny_cache, False)
+    model = tiny_model_factory("tiny", tiny_cache, False, promotions=True)
     batch = next(iter(make_loader(tiny_cache, "train", batch_size=16, seed=5)))
     with torch.no_grad():
         model.copy_query.weight.normal_()  # pointer scores far from uniform
         model.promotion_query.weight.normal_()
+        model.promotion_offset.fill_(0.5)
         output = model(batch)
         # the loss and the references read the same float64 values: only the loss's own arithmetic differs
         copy = output.copy_scores.double() if request.param != "catalogue" else None
-        promotion = output.promotion_scores.double() if request.param == "promotion" else None
+        weight, bias = model.output_weight.double(), model.output_bias.double()
+        promotion = (promotion_logits(output.basket_hidden.double(), weight, bias, batch),
+                     output.promotion_lift.double()) if request.param == "promotion" else (None, None)
         output64 = WorldModelOutput(output.basket_hidden.double(), output.context_hidden.double(),
                                     {name: logits.double() for name, logits in output.aux_logits.items()}, copy,
-                                    promotion)
-        weight, bias = model.output_weight.double(), model.output_bias.double()
+                                    *promotion)
     model64 = SimpleNamespace(output_weight=weight, output_bias=bias, product_vectors=lambda ids: weight[ids])
     assert batch.promotion_valid[batch.masked_positions.any(1)].any()
     assert torch.equal(model.product_vectors(torch.arange(5)).double(), weight[:5])
     return model64, batch, output64
 
 
+def promotion_logits(hidden, weight, bias, batch) -> torch.Tensor:
+    """[B, S, P] each slot's catalogue logits of its basket's promoted products, from the given leaves."""
+    items = batch.promotion_items
+    return torch.einsum("bsd,bpd->bsp", hidden, weight[items]) + bias[items][:, None, :]
+
+
 def focal_reference(model, batch, output) -> torch.Tensor:
-    """Focal loss of the joint distribution exp(logit_p) + sum of exp(copy_h) over history positions holding p
-    (+ exp(promotion score) when p is promoted to the basket), built by a loop over slots, history positions and
-    promoted products (catalogue logits alone without pointer scores)."""
+    """Focal loss of the joint distribution C(p) + sum of exp(copy_h) over history positions holding p, C the
+    catalogue part exp(logit_p), with the basket's promoted products' logits raised by their lift and C scaled
+    back to the catalogue's mass; built by a loop over slots, promoted products and history positions."""
     losses = []
     for row, col in batch.masked_positions.nonzero().tolist():
-        mass = (output.basket_hidden[row, col].double() @ model.output_weight.double().t()
-                + model.output_bias.double()).exp()
+        logits = (output.basket_hidden[row, col].double() @ model.output_weight.double().t()
+                  + model.output_bias.double())
+        mass = logits.exp()
+        if output.promotion_lift is not None:
+            lifted = logits
+            for k in batch.promotion_valid[row].nonzero().flatten().tolist():
+                lifted = lifted.index_add(0, batch.promotion_items[row, k:k + 1],
+                                          output.promotion_lift[row, col, k:k + 1].double())
+            mass = lifted.exp() * (mass.sum() / lifted.exp().sum())
         if output.copy_scores is not None:
             for h in batch.history_valid[row].nonzero().flatten().tolist():
                 mass = mass.index_add(0, batch.history_items[row, h:h + 1],
                                       output.copy_scores[row, col, h:h + 1].double().exp())
-        if output.promotion_scores is not None:
-            for k in batch.promotion_valid[row].nonzero().flatten().tolist():
-                mass = mass.index_add(0, batch.promotion_items[row, k:k + 1],
-                                      output.promotion_scores[row, col, k:k + 1].double().exp())
         p = mass[batch.targets[row, col]] / mass.sum()
         losses.append(-(1 - p) ** GAMMA * torch.log(p))
     return torch.stack(losses).mean()
@@ -165,15 +176,17 @@ def test_copy_focal_gradients_match_float64_autograd(model_batch_output):
     model, batch, output = model_batch_output
     leaves = {name: value.clone().requires_grad_() for name, value in (
         ("hidden", output.basket_hidden), ("copy", output.copy_scores), ("weight", model.output_weight),
-        ("bias", model.output_bias)) + ((("promotion", output.promotion_scores),)
-                                         if output.promotion_scores is not None else ())}
+        ("bias", model.output_bias)) + ((("lift", output.promotion_lift),)
+                                         if output.promotion_lift is not None else ())}
     grads = []
     for loss_of in (lambda m, o: WorldModelLoss().focal(m, batch, o), lambda m, o: focal_reference(m, batch, o)):
         for leaf in leaves.values():
             leaf.grad = None
         model_leaves = SimpleNamespace(output_weight=leaves["weight"], output_bias=leaves["bias"])
+        promoted = ((promotion_logits(leaves["hidden"], leaves["weight"], leaves["bias"], batch), leaves["lift"])
+                    if "lift" in leaves else (None, None))
         out = WorldModelOutput(leaves["hidden"], output.context_hidden, output.aux_logits, leaves["copy"],
-                               leaves.get("promotion"))
+                               *promoted)
         loss_of(model_leaves, out).backward()
         grads.append({name: leaf.grad.clone() for name, leaf in leaves.items()})
     for name in leaves:

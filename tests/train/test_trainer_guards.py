@@ -107,8 +107,8 @@ def test_resume_takes_the_checkpoints_settings_and_logs_each_step_once(tiny_cach
     (["--preset", "small"], "preset 'tiny' -> 'small'"),
     (["--epochs", "5"], "epochs 3 -> 5"),
     (["--lr", "0.01"], "lr 0.001 -> 0.01"),
-    (["--no-promotions"], "promotions True -> False"),
-], ids=["batch-size", "preset", "epochs", "lr", "no-promotions"])
+    (["--promotions"], "promotions False -> True"),
+], ids=["batch-size", "preset", "epochs", "lr", "promotions"])
 def test_resume_with_other_settings_says_what_differs(tiny_cache, tmp_path, capsys, flags, differs):
     out = tmp_path / "run"
     assert module_main("retailsim.train.cli", ["--data", str(tiny_cache), "--out", str(out), "--epochs", "3",
