@@ -134,7 +134,6 @@ class CollateArrays:
     n_categories: int
     plan: PromotionPlan | None = None  # the cache's promotion plan, if it has one
 
-
     @property
     def n_baskets(self) -> int:
         return len(self.basket["basket_item_offsets"]) - 1

@@ -88,7 +88,7 @@ class WorldModelLoss(torch.nn.Module):
         targets = batch.targets[masked]  # (R,)
         weight, bias = model.output_weight.float(), model.output_bias
         bias = None if bias is None else bias.float()
-        lift = getattr(output, "promotion_lift", None)
+        lift = output.promotion_lift
         if output.copy_scores is None and lift is None:
             return linear_focal_loss(hidden, weight, targets, bias=bias, gamma=self.gamma)
         if targets.numel() == 0:

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -422,6 +423,14 @@ def test_a_generic_plan_is_read_in_the_transactions_weeks(tmp_path):
     assert table.column("store_id").to_pylist() == [None, "s2", "s1"]
     assert table.column("discount").to_pylist() == [0.2, None, 0.1]
     assert table.column("display").to_pylist() == [1, 0, None]      # empty: not given
+    # the same plan as Parquet, one row group per row: read chunk by chunk, the same table
+    as_parquet = tmp_path / "plan.parquet"
+    pq.write_table(pacsv.read_csv(plan, convert_options=pacsv.ConvertOptions(
+        column_types={"SKU": pa.string(), "SHOP": pa.string()}, strings_can_be_null=True)), as_parquet,
+        row_group_size=1)
+    parquet_tables = list(open_source(lines, "generic", promotions=as_parquet,
+                                      promotions_mapping=mapping).promotion_plan()[0])
+    assert len(parquet_tables) == 3 and pa.concat_tables(parquet_tables).to_pylist() == table.to_pylist()
     # Stage 1 keeps it over the vocabulary and the training stores, as any plan
     from retailsim.data.samples import write_samples
 

@@ -79,6 +79,67 @@ def parquet_file(path: Path) -> pq.ParquetFile:
         return pq.ParquetFile(path)
 
 
+def map_columns(files: list[Path], mapping: dict[str, str], names, flag: str) -> dict[str, str]:
+    """name -> source column of the first file: the column ``mapping`` (the ``flag`` option) names, else the
+    column of that name unless the mapping reads it as something else; a mapped column that the file lacks is
+    an error naming the file and the column."""
+    first = files[0]
+    available = source_columns(first)
+    sources: dict[str, str] = {}
+    mapped = set(mapping.values())  # a column named by the mapping is read as what it says, nothing else
+    for name in names:
+        if name in mapping:
+            if mapping[name] not in available:
+                raise validation.input_error(first, f"the column mapped to {name} by {flag} is not in the file",
+                                             column=mapping[name])
+            sources[name] = mapping[name]
+        elif name in available and name not in mapped:
+            sources[name] = name
+    return sources
+
+
+def check_columns_in(files: list[Path], sources: dict[str, str]) -> None:
+    """Every source column of ``sources`` in each of ``files``."""
+    for path in files:
+        columns = set(source_columns(path))
+        for name, source in sources.items():
+            if source not in columns:
+                raise validation.input_error(path, f"the column (read as {name}) is missing from this file",
+                                             column=source)
+
+
+def file_chunks(files: list[Path], refuse_empty: bool) -> list[Chunk]:
+    """One chunk per CSV file and per Parquet row group, with the file's rows before it; with ``refuse_empty``
+    a Parquet file without rows is an error."""
+    chunks = []
+    for path in files:
+        if _is_csv(path):
+            chunks.append(Chunk(path, None, 0))
+            continue
+        metadata = parquet_file(path).metadata
+        if refuse_empty and metadata.num_rows == 0:
+            raise validation.input_error(path, "the file has no rows")
+        offset = 0
+        for group in range(metadata.num_row_groups):
+            chunks.append(Chunk(path, group, offset))
+            offset += metadata.row_group(group).num_rows
+    return chunks
+
+
+def read_raw(chunk: Chunk, columns: list[str]) -> pa.Table:
+    """The source ``columns`` of one chunk as read: a CSV as strings (empty = null), Parquet as typed."""
+    if chunk.row_group is None:
+        with validation.reading(chunk.path, "CSV"):
+            try:
+                return pacsv.read_csv(chunk.path, convert_options=pacsv.ConvertOptions(
+                    column_types={column: pa.string() for column in columns}, include_columns=columns,
+                    null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True))
+            except pa.ArrowInvalid as error:
+                raise validation.csv_parse_error(chunk.path, error, len(source_columns(chunk.path))) from None
+    with validation.reading(chunk.path, "Parquet"):
+        return pq.ParquetFile(chunk.path).read_row_group(chunk.row_group, columns=columns)
+
+
 def source_columns(path: Path) -> tuple[str, ...]:
     if _is_parquet(path):
         return tuple(parquet_file(path).schema_arrow.names)
@@ -140,17 +201,7 @@ class GenericSource:
     def _resolve_columns(self) -> dict[str, str]:
         """canonical (or time) name -> source column, checked against every file."""
         first = self.files[0]
-        available = source_columns(first)
-        sources: dict[str, str] = {}
-        mapped = set(self.mapping.values())  # a column named by --map is read as what --map says, nothing else
-        for name in tuple(COLUMNS_BY_NAME) + SOURCE_TIME_COLUMNS:
-            if name in self.mapping:
-                if self.mapping[name] not in available:
-                    raise validation.input_error(first, f"the column mapped to {name} by --map is not in the file",
-                                                 column=self.mapping[name])
-                sources[name] = self.mapping[name]
-            elif name in available and name not in mapped:
-                sources[name] = name
+        sources = map_columns(self.files, self.mapping, tuple(COLUMNS_BY_NAME) + SOURCE_TIME_COLUMNS, "--map")
         for name in _IDENTIFIERS:
             if name not in sources:
                 raise validation.input_error(
@@ -159,28 +210,11 @@ class GenericSource:
         if not {"week", "timestamp", "order_number"} & set(sources):
             raise validation.input_error(
                 first, "no time column: map one of week, timestamp or order_number with --map", column="week")
-        for path in self.files[1:]:
-            columns = set(source_columns(path))
-            for name, source in sources.items():
-                if source not in columns:
-                    raise validation.input_error(path, f"the column (read as {name}) is missing from this file",
-                                                 column=source)
+        check_columns_in(self.files[1:], sources)
         return sources
 
     def _chunks(self) -> list[Chunk]:
-        chunks = []
-        for path in self.files:
-            if _is_csv(path):
-                chunks.append(Chunk(path, None, 0))
-                continue
-            metadata = parquet_file(path).metadata
-            if metadata.num_rows == 0:
-                raise validation.input_error(path, "the file has no rows")
-            offset = 0
-            for group in range(metadata.num_row_groups):
-                chunks.append(Chunk(path, group, offset))
-                offset += metadata.row_group(group).num_rows
-        return chunks
+        return file_chunks(self.files, refuse_empty=True)
 
     def _index_weeks(self) -> None:
         """Read the time columns of every chunk to learn each chunk's week range (and n_weeks); a span over
@@ -276,21 +310,9 @@ class GenericSource:
     def _read(self, chunk: Chunk, names: list[str]) -> pa.Table:
         """Columns ``names`` (canonical/time names) of one chunk, typed, required values checked."""
         sources = [self.sources[name] for name in names]
-        unique_sources = list(dict.fromkeys(sources))
-        if chunk.row_group is None:
-            with validation.reading(chunk.path, "CSV"):
-                try:
-                    raw = pacsv.read_csv(chunk.path, convert_options=pacsv.ConvertOptions(
-                        column_types={source: pa.string() for source in unique_sources},
-                        include_columns=unique_sources, null_values=[""], strings_can_be_null=True,
-                        quoted_strings_can_be_null=True))
-                except pa.ArrowInvalid as error:
-                    raise validation.csv_parse_error(chunk.path, error, len(source_columns(chunk.path))) from None
-            if raw.num_rows == 0:
-                raise validation.input_error(chunk.path, "the file has a header but no transaction lines")
-        else:
-            with validation.reading(chunk.path, "Parquet"):
-                raw = pq.ParquetFile(chunk.path).read_row_group(chunk.row_group, columns=unique_sources)
+        raw = read_raw(chunk, list(dict.fromkeys(sources)))
+        if chunk.row_group is None and raw.num_rows == 0:
+            raise validation.input_error(chunk.path, "the file has a header but no transaction lines")
         where = dict(header_lines=chunk.header_lines, row_offset=chunk.row_offset)
         columns = {}
         for name, source in zip(names, sources):

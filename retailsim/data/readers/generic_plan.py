@@ -21,11 +21,9 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from retailsim.data.readers import timekeys, validation
-from retailsim.data.readers.generic import _is_csv, discover_files, parquet_file, source_columns
+from retailsim.data.readers.generic import check_columns_in, discover_files, file_chunks, map_columns, read_raw
 
 PLAN_MAPPABLE = ("product_id", "week", "timestamp", "store_id", "discount", "display", "mailer")
 _KINDS = {"product_id": "str", "store_id": "str", "week": "int", "discount": "float", "display": "float",
@@ -46,54 +44,23 @@ class GenericPlan:
             raise validation.input_error(self.path, f"the transactions' time is {self.time}, so the plan's must be "
                                                     f"too (--promotions-map {self.time}=COLUMN, not {other})")
         self.files = discover_files(self.path)
-        available = source_columns(self.files[0])
-        mapped = set(mapping.values())
-        self.sources: dict[str, str] = {}
-        for name in ("product_id", self.time, "store_id", "discount", "display", "mailer"):
-            if name in mapping:
-                if mapping[name] not in available:
-                    raise validation.input_error(self.files[0], f"the column mapped to {name} by --promotions-map "
-                                                                f"is not in the file", column=mapping[name])
-                self.sources[name] = mapping[name]
-            elif name in available and name not in mapped:
-                self.sources[name] = name
+        self.sources = map_columns(self.files, mapping, ("product_id", self.time, "store_id", "discount", "display",
+                                                         "mailer"), "--promotions-map")
         for name in ("product_id", self.time):
             if name not in self.sources:
                 raise validation.input_error(self.files[0], f"the promotion plan's required column {name} is "
                                                             f"missing (name it with --promotions-map {name}=COLUMN)",
                                              column=name)
-        for path in self.files[1:]:
-            columns = set(source_columns(path))
-            for name, column in self.sources.items():
-                if column not in columns:
-                    raise validation.input_error(path, f"the column (read as {name}) is missing from this file",
-                                                 column=column)
-
-    def _chunks(self) -> Iterator[tuple[Path, pa.Table, int, int]]:
-        """(file, raw table, header lines, rows before it) per CSV file or Parquet row group."""
-        columns = list(dict.fromkeys(self.sources.values()))
-        for path in self.files:
-            if _is_csv(path):
-                with validation.reading(path, "CSV"):
-                    try:
-                        raw = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-                            column_types={c: pa.string() for c in columns}, include_columns=columns,
-                            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True))
-                    except pa.ArrowInvalid as error:
-                        raise validation.csv_parse_error(path, error, len(source_columns(path))) from None
-                yield path, raw, 1, 0
-                continue
-            offset = 0
-            for group in range(parquet_file(path).metadata.num_row_groups):
-                with validation.reading(path, "Parquet"):
-                    raw = pq.ParquetFile(path).read_row_group(group, columns=columns)
-                yield path, raw, 0, offset
-                offset += raw.num_rows
+        check_columns_in(self.files[1:], self.sources)
 
     def tables(self) -> Iterator[pa.Table]:
-        """The plan as canonical tables (product_id, week, [store_id], discount, display, mailer), one per chunk."""
+        """The plan as canonical tables (product_id, week, [store_id], discount, display, mailer), one per chunk
+        (a CSV file or a Parquet row group)."""
         n_weeks = self.source.n_weeks()
-        for path, raw, header_lines, row_offset in self._chunks():
+        source_names = list(dict.fromkeys(self.sources.values()))
+        for chunk in file_chunks(self.files, refuse_empty=False):
+            raw = read_raw(chunk, source_names)
+            path, header_lines, row_offset = chunk.path, chunk.header_lines, chunk.row_offset
             where = dict(header_lines=header_lines, row_offset=row_offset)
             columns = {}
             for name, column in self.sources.items():
