@@ -13,6 +13,8 @@ A block never straddles a B/C group (the launcher picks BLOCK_D dividing dim/gro
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import triton
 import triton.language as tl
@@ -28,14 +30,61 @@ BWD_NUM_WARPS = 1
 MAXNREG = 255
 
 
+# Triton 3.9 has approximate fp32 division (``div.approx.f32``: RCP + FMUL, 2 ulp for denominators in
+# [2^-126, 2^126]); older ones (the GPU image's 3.6) fall back to ``/`` (``div.full.f32``, ~9 instructions).
+APPROX_DIV = tl.constexpr("approx" in inspect.signature(tl.math.fdiv).parameters)
+
+
+@triton.jit
+def _div(a, b):
+    """a / b, approximate in float32 where Triton offers it (every denominator here lies in [1, e^20 + 1])."""
+    if APPROX_DIV and b.dtype == tl.float32:
+        return tl.math.fdiv(a, b, approx=True)
+    else:
+        return a / b
+
+
+@triton.jit
+def _exp(x):
+    # exp as exp2 of x log2(e): ptxas emits the bare MUFU for it, where tl.exp's ex2 carries a denormal guard
+    # (4 more instructions); results below 2^-126 flush to zero.
+    return tl.exp2(x * 1.4426950408889634)
+
+
+@triton.jit
+def _sigmoid(x):
+    return _div(1.0, 1.0 + _exp(-x))
+
+
 @triton.jit
 def _softplus(x):
-    # log1p(exp(x)) without a log1p primitive (w - 1 recovers the rounded exp), identity above 20.
-    e = tl.exp(tl.minimum(x, 20.0))
+    """log(1 + e^x), x above 20 passing through: log1p(exp(x)) without a log1p primitive (w - 1 recovers the
+    rounded exp). Its log is libdevice's inlined polynomial (~20 instructions; Triton has no bare lg2)."""
+    e = _exp(tl.minimum(x, 20.0))
     w = 1.0 + e
     exact = w == 1.0
-    soft = tl.where(exact, e, tl.log(w) * (e / tl.where(exact, 1.0, w - 1.0)))
+    soft = tl.where(exact, e, tl.log(w) * _div(e, tl.where(exact, 1.0, w - 1.0)))
     return tl.where(x > 20.0, x, soft)
+
+
+@triton.jit
+def _softplus_series(x):
+    """The same without a log, in float32: max(x, 0) + log1p(y), y = e^-|x|, with log1p(y) = 2 atanh(s) =
+    2 (s + s^3/3 + ... + s^13/13), s = y / (2 + y) <= 1/3; the series' remainder is below 2e-8 of the result.
+    About 15 instructions instead of about 40 (kernel report). float64 (the gradcheck's) takes ``_softplus``."""
+    if x.dtype == tl.float32:
+        y = _exp(-tl.abs(x))
+        s = _div(y, 2.0 + y)
+        s2 = s * s
+        p = s2 * (1.0 / 13.0) + (1.0 / 11.0)
+        p = p * s2 + (1.0 / 9.0)
+        p = p * s2 + (1.0 / 7.0)
+        p = p * s2 + (1.0 / 5.0)
+        p = p * s2 + (1.0 / 3.0)
+        p = p * s2 + 1.0
+        return tl.maximum(x, 0.0) + 2.0 * s * p
+    else:
+        return _softplus(x)
 
 
 @triton.jit
@@ -46,13 +95,18 @@ def _column(tile, o_t, t: tl.constexpr):
 
 
 @triton.jit
-def _step_size(pre, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Δ from the raw input: + bias, then softplus when asked (any shape; ``bias`` broadcasts)."""
+def _step_size(pre, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, SERIES: tl.constexpr = False):
+    """Δ from the raw input: + bias, then softplus when asked (any shape; ``bias`` broadcasts). The backward
+    takes the log-free series (SERIES); in the forward the series' extra registers made ptxas spill (24 B,
+    sm_90 bf16), so the forward keeps the log. The two agree to float32 rounding."""
     if HAS_BIAS:
         pre = pre + bias
     dt = pre
     if SOFTPLUS:
-        dt = _softplus(pre)
+        if SERIES:
+            dt = _softplus_series(pre)
+        else:
+            dt = _softplus(pre)
     return dt
 
 
@@ -115,7 +169,7 @@ def _fwd_steps(
         if HAS_Z:
             if not Z_TILE:
                 z_t = tl.load(p_z + base_z + o_d * stride_z_d + l * stride_z_l, mask=m_t, other=0.0).to(ACC)
-                y_t = y_t * z_t / (1.0 + tl.exp(-z_t))
+                y_t = y_t * z_t * _sigmoid(z_t)
         if U_TILE:
             b_y = tl.where(o_t[None, :] == t, y_t[:, None], b_y)
         else:
@@ -125,7 +179,7 @@ def _fwd_steps(
         if HAS_Z:
             if Z_TILE:
                 b_z = tl.load(p_z + base_z + o_d[:, None] * stride_z_d + o_l[None, :], mask=m_dl, other=0.0).to(ACC)
-                b_y = b_y * b_z / (1.0 + tl.exp(-b_z))
+                b_y = b_y * b_z * _sigmoid(b_z)
         tl.store(p_out + base_out + o_d[:, None] * stride_out_d + o_l[None, :], b_y.to(p_out.dtype.element_ty),
                  mask=m_dl)
     return b_h
@@ -319,6 +373,12 @@ def _bwd_state(
             v_dC = tl.where(o_t == t, tl.sum(b_h * _row(b_dy, o_t, t), axis=0), v_dC)
         if HAS_Z:
             b_y = _add_to(b_y, o_t, t, b_h * _row(b_C, o_t, t))
+    if SCATTER:
+        # dC now, not after the reverse sweep: its product tile's registers are then free for that sweep's.
+        o_lane = tl.arange(0, 2 * CHUNK)
+        o_l = l0 + o_lane // 2
+        m_l = (o_lane % 2 == 0) & (o_l < length)
+        tl.store(p_dC + n * length + o_l, _lane_sums(b_pC, o_lane), mask=m_l)
     # a_{t+1} g_{t+1} from the chunk after; the last chunk (processed first) starts from zero, and so does dA.
     b_ag = tl.load(p_carry + o_nd + n * dim, mask=m_later, other=0.0)
     b_da = tl.load(p_dA + o_nd + n * dim, mask=m_later, other=0.0)
@@ -341,10 +401,6 @@ def _bwd_state(
         else:
             v_dB = tl.where(o_t == r, tl.sum(g_t * _row(b_x, o_t, r), axis=0), v_dB)
     if SCATTER:
-        o_lane = tl.arange(0, 2 * CHUNK)
-        o_l = l0 + o_lane // 2
-        m_l = (o_lane % 2 == 0) & (o_l < length)
-        tl.store(p_dC + n * length + o_l, _lane_sums(b_pC, o_lane), mask=m_l)
         tl.store(p_dB + n * length + o_l, _lane_sums(b_pB, o_lane), mask=m_l)
     else:
         o_l = l0 + o_t
@@ -384,8 +440,8 @@ def _bwd_chunk(
         dy_t = tl.load(p_dout + base_do + o_d * stride_do_d + l * stride_do_l, mask=m_t, other=0.0).to(ACC)
         if HAS_Z:
             z_t = tl.load(p_z + base_z + o_d * stride_z_d + l * stride_z_l, mask=m_t, other=0.0).to(ACC)
-            dy_t = dy_t * z_t / (1.0 + tl.exp(-z_t))
-        dt_t = tl.where(m_t, _step_size(pre_t, b_bias, HAS_BIAS, SOFTPLUS), 0.0)
+            dy_t = dy_t * z_t * _sigmoid(z_t)
+        dt_t = tl.where(m_t, _step_size(pre_t, b_bias, HAS_BIAS, SOFTPLUS, True), 0.0)
         b_dt = _put(b_dt, o_t, t, dt_t)
         b_x = _put(b_x, o_t, t, dt_t * u_t)
         b_dy = _put(b_dy, o_t, t, dy_t)
@@ -417,7 +473,7 @@ def _bwd_chunk(
         if SOFTPLUS:
             pre_t = tl.load(p_delta + base_dt + o_d * stride_dt_d + l * stride_dt_l, mask=m_t, other=0.0)
             pre_t = pre_t.to(ACC) + b_bias
-            ddt_t = ddt_t * tl.where(pre_t > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-pre_t)))
+            ddt_t = ddt_t * tl.where(pre_t > 20.0, 1.0, _sigmoid(pre_t))
         ddt_t = tl.where(m_t, ddt_t, 0.0)
         b_dbias += ddt_t
         tl.store(p_ddelta + o_g, ddt_t.to(p_ddelta.dtype.element_ty), mask=m_t)
@@ -425,7 +481,7 @@ def _bwd_chunk(
             z_t = tl.load(p_z + base_z + o_d * stride_z_d + l * stride_z_l, mask=m_t, other=0.0).to(ACC)
             do_t = tl.load(p_dout + base_do + o_d * stride_do_d + l * stride_do_l, mask=m_t, other=0.0).to(ACC)
             y_t = _row(b_y, o_t, t) + b_Dv * u_t
-            sig = 1.0 / (1.0 + tl.exp(-z_t))
+            sig = _sigmoid(z_t)
             tl.store(p_dz + o_g, (do_t * y_t * sig * (1.0 + z_t * (1.0 - sig))).to(p_dz.dtype.element_ty),
                      mask=m_t)
     return b_dD, b_dbias
