@@ -329,10 +329,10 @@ def collate_items(arrays: CollateArrays, sample_indices, *, seed: int, epoch: in
 
 
 def promotion_lists(arrays: CollateArrays, samples: np.ndarray,
-                    max_promotions: int = DEFAULT_MAX_PROMOTIONS) -> dict[str, np.ndarray]:
+                    max_promotions: int = DEFAULT_MAX_PROMOTIONS, read_plan: bool = True) -> dict[str, np.ndarray]:
     """The Batch's promotion_* fields: each basket's promoted products from the plan (its week and store); one
-    invalid slot per basket without a plan."""
-    if arrays.plan is None:
+    invalid slot per basket without a plan, or when ``read_plan`` is off (a model that does not read it)."""
+    if arrays.plan is None or not read_plan:
         n = len(samples)
         return {"promotion_items": np.zeros((n, 1), np.int64),
                 "promotion_features": np.zeros((n, 1, len(PROMOTION_FEATURES)), np.float32),
@@ -343,7 +343,7 @@ def promotion_lists(arrays: CollateArrays, samples: np.ndarray,
 
 
 def context_features(arrays: CollateArrays, samples: np.ndarray, items: dict[str, np.ndarray],
-                     max_promotions: int = DEFAULT_MAX_PROMOTIONS) -> dict[str, np.ndarray]:
+                     max_promotions: int = DEFAULT_MAX_PROMOTIONS, read_plan: bool = True) -> dict[str, np.ndarray]:
     """Per-basket inputs (T1, T3, T5, T6, the promotion lists), labels and buckets: NumPy gathers shared by both
     collate paths."""
     b = arrays.basket
@@ -364,15 +364,16 @@ def context_features(arrays: CollateArrays, samples: np.ndarray, items: dict[str
         "labels": col("labels", np.int64).reshape(len(samples), len(schema.LABEL_TARGETS)),
         "bucket": col("bucket", np.int64),
         "sample_index": samples.astype(np.int64),
-        **promotion_lists(arrays, samples, max_promotions),
+        **promotion_lists(arrays, samples, max_promotions, read_plan),
     }
 
 
 def collate(arrays: CollateArrays, sample_indices, *, seed: int = 0, epoch: int = 0, train: bool = True,
             mask_rate: float = DEFAULT_MASK_RATE, max_items: int = schema.MAX_BASKET_ITEMS,
             max_history: int = DEFAULT_MAX_HISTORY, use_native: bool | None = None,
-            max_promotions: int = DEFAULT_MAX_PROMOTIONS) -> Batch:
+            max_promotions: int = DEFAULT_MAX_PROMOTIONS, read_plan: bool = True) -> Batch:
     """The padded :class:`Batch` of ``sample_indices`` (rows of the split), deterministic in (seed, epoch, row).
+    ``read_plan=False`` leaves the promotion lists empty (training a model without ``promotions``).
 
     Example: ``collate(CollateArrays.from_cache("data/cache", "train"), [0, 5, 9], seed=0, epoch=3)``.
     """
@@ -381,5 +382,5 @@ def collate(arrays: CollateArrays, sample_indices, *, seed: int = 0, epoch: int 
         raise ValueError(f"sample_indices must be one-dimensional, got shape {samples.shape}.")
     items = collate_items(arrays, samples, seed=seed, epoch=epoch, train=train, mask_rate=mask_rate,
                           max_items=max_items, max_history=max_history, use_native=use_native)
-    fields = {**items, **context_features(arrays, samples, items, max_promotions)}
+    fields = {**items, **context_features(arrays, samples, items, max_promotions, read_plan)}
     return Batch(**{name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in fields.items()})

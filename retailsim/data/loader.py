@@ -36,11 +36,11 @@ class CacheBatchDataset(Dataset):
     def __init__(self, folder: Path, split: str, *, train: bool = True, seed: int = 0,
                  mask_rate: float = DEFAULT_MASK_RATE, max_items: int = schema.MAX_BASKET_ITEMS,
                  max_history: int = DEFAULT_MAX_HISTORY, use_native: bool | None = None,
-                 max_promotions: int = DEFAULT_MAX_PROMOTIONS) -> None:
+                 max_promotions: int = DEFAULT_MAX_PROMOTIONS, read_plan: bool = True) -> None:
         if max_items < 1 or max_history < 1 or max_promotions < 1:
             raise ValueError(f"max_items, max_history and max_promotions must be at least 1, got {max_items}, "
                              f"{max_history} and {max_promotions}.")
-        self.max_promotions = max_promotions
+        self.max_promotions, self.read_plan = max_promotions, read_plan
         if not 0.0 < mask_rate <= 1.0:
             raise ValueError(f"mask_rate must be in (0, 1], got {mask_rate}.")
         self.folder, self.split, self.train, self.seed = Path(folder), split, train, seed
@@ -71,7 +71,7 @@ class CacheBatchDataset(Dataset):
         epoch, indices = item
         return collate(self.arrays, indices, seed=self.seed, epoch=epoch, train=self.train, mask_rate=self.mask_rate,
                        max_items=self.max_items, max_history=self.max_history, use_native=self.use_native,
-                       max_promotions=self.max_promotions)
+                       max_promotions=self.max_promotions, read_plan=self.read_plan)
 
 
 class BucketBatchSampler(Sampler):
@@ -155,19 +155,22 @@ def make_loader(folder: Path, split: str, *, batch_size: int = 256, train: bool 
                 max_items: int = schema.MAX_BASKET_ITEMS, max_history: int = DEFAULT_MAX_HISTORY,
                 num_workers: int = 0, device: torch.device | str = "cpu", drop_last: bool = False,
                 num_replicas: int = 1, rank: int = 0, prefetch_factor: int = 4,
-                use_native: bool | None = None, max_promotions: int = DEFAULT_MAX_PROMOTIONS) -> DataLoader:
+                use_native: bool | None = None, max_promotions: int = DEFAULT_MAX_PROMOTIONS,
+                read_plan: bool = True) -> DataLoader:
     """A DataLoader of :class:`Batch` over ``split`` of the cache in ``folder``.
 
     ``train`` defaults to ``split == "train"`` (BERT 80/10/10 masking; otherwise evaluation masking with the
     fixed ``seed``), ``shuffle`` to ``train``. ``pin_memory`` is on when ``device`` is CUDA; workers are
     persistent. Call ``loader.sampler.set_epoch(e)`` (or :func:`set_epoch`) before each epoch.
+    ``read_plan=False`` skips the cache's promotion plan (batches carry empty promotion lists).
     """
     train = split == "train" if train is None else train
     shuffle = train if shuffle is None else shuffle
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
     dataset = CacheBatchDataset(folder, split, train=train, seed=seed, mask_rate=mask_rate, max_items=max_items,
-                                max_history=max_history, use_native=use_native, max_promotions=max_promotions)
+                                max_history=max_history, use_native=use_native, max_promotions=max_promotions,
+                                read_plan=read_plan)
     basket_lengths, history_lengths = dataset.lengths()
     sampler = BucketBatchSampler(basket_lengths, history_lengths, batch_size, shuffle=shuffle, bucket=bucket,
                                  drop_last=drop_last, seed=seed, num_replicas=num_replicas, rank=rank)

@@ -244,7 +244,7 @@ class Trainer:
                 self.config.data, "train", batch_size=self.config.batch_size, train=True, seed=self.config.seed,
                 mask_rate=mask_rate, num_workers=self.config.num_workers, device=self.device,
                 num_replicas=self.world_size, rank=self.rank, max_history=self.model.config.max_history,
-                max_promotions=self.model.config.max_promotions)
+                max_promotions=self.model.config.max_promotions, read_plan=self.model.config.promotions)
         return self._loaders[("train", mask_rate)]
 
     def validation_loader(self):
@@ -255,7 +255,7 @@ class Trainer:
                 self.config.data, "validation", batch_size=self.config.batch_size, train=False, seed=self.config.seed,
                 bucket=self.config.val_batches == 0, num_workers=self.config.num_workers, device=self.device,
                 num_replicas=self.world_size, rank=self.rank, max_history=self.model.config.max_history,
-                max_promotions=self.model.config.max_promotions)
+                max_promotions=self.model.config.max_promotions, read_plan=self.model.config.promotions)
         return self._loaders["validation"]
 
     def autocast(self):

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from retailsim.data import promotions, schema
 from retailsim.data.synthetic import PROMOTION_FILE, GeneratorConfig, generate
@@ -268,6 +269,10 @@ def test_batches_carry_the_promoted_products_of_their_week_and_store(plan_cache,
         features = batch.promotion_features[b][batch.promotion_valid[b]].numpy()
         np.testing.assert_allclose(features[:, 0], [discount[(int(weeks[b]), p)] for p in got], rtol=1e-6)
         assert (features[:, 1] == 1).all() and not features[:, 2:].any()   # a discount, no display or mailer
+    # a model that does not read the plan (the default) gets empty lists, the rest of the batch unchanged
+    skipped = collate(arrays, samples, seed=0, train=False, read_plan=False)
+    assert skipped.promotion_items.shape == (len(samples), 1) and not skipped.promotion_valid.any()
+    assert torch.equal(skipped.basket_items, batch.basket_items) and torch.equal(skipped.targets, batch.targets)
     # a cache without a plan: one empty slot per basket
     bare = _week_files_only(generated[0], tmp_path / "bare")
     assert module_main("retailsim.prepare_samples", ["--input", str(bare), "--out", str(tmp_path / "samples"),

@@ -283,3 +283,17 @@ def test_triton_and_torch_backends_give_the_same_loss_curve_on_cuda(tiny_cache, 
     """Every kernel on Triton vs every op on PyTorch, 20 steps under bf16 autocast on the GPU."""
     curves = backend_curves(tiny_cache, tiny_model_factory, tmp_path, device="cuda")
     assert torch.allclose(curves["triton"], curves["torch"], rtol=2e-2, atol=1e-2), curves["triton"] - curves["torch"]
+
+
+@pytest.mark.parametrize("promotions", [False, True])
+def test_the_batches_carry_the_plan_only_for_a_model_that_reads_it(tiny_cache, tiny_model_factory, tmp_path,
+                                                                    promotions, torch_backend):
+    # the generated cache has a plan; building its lists for a model that ignores them is wasted collate work
+    trainer = Trainer(make_config(tiny_cache, tmp_path / "run", promotions=promotions),
+                      model_factory=tiny_model_factory)
+    trainer.setup()
+    try:
+        for loader in (trainer.train_loader(0.15), trainer.validation_loader()):
+            assert bool(next(iter(loader)).promotion_valid.any()) == promotions
+    finally:
+        trainer.cleanup()
