@@ -3,7 +3,11 @@
 Batches come from ``make_loader(..., train=False, shuffle=False, bucket=False, seed)``: 15% of each basket's items
 (at least one) replaced by MASK, chosen by the counter-based RNG at the fixed evaluation epoch, so every evaluation
 of a checkpoint (and every baseline) sees the same masks; ``max_batches`` takes the first batches in split order.
-Score rows are built a few baskets at a time (at most ``chunk_rows`` tokens), so memory stays O(chunk_rows * V).
+Score rows are built a few baskets at a time (at most ``chunk_rows`` tokens), so memory stays O(chunk_rows * V);
+by default on CPU as many rows as keep a float32 [rows, V] tile near 4 MiB (``default_chunk_rows``), since every grid
+point of the blend search passes over those tiles several times: at 56,785 products 16-18 rows instead of
+1,024 made a 3-batch evaluation 1.2-1.7x faster (runs beside a CI run), at 5,003 products 209 rows were no
+slower (the results never depend on it).
 Buckets: the basket's prior-basket bucket (schema.PRIOR_BUCKETS), repeat (the target is in the customer's
 history window, ``Batch.history_items``) vs explore, and, when the cache holds a promotion plan, promoted (the
 target is in the plan of the basket's week and store) vs not promoted.
@@ -79,6 +83,15 @@ def basket_chunks(rows: torch.Tensor, max_rows: int) -> list[slice]:
     return chunks
 
 
+TILE_ELEMENTS = 1 << 20   # a [rows, V] float32 tile of about 4 MiB: stays in a CPU's last-level cache
+MAX_CHUNK_ROWS = 1024
+
+
+def default_chunk_rows(n_products: int) -> int:
+    """Token rows per score tile: about TILE_ELEMENTS scores, between 1 and MAX_CHUNK_ROWS rows."""
+    return max(1, min(MAX_CHUNK_ROWS, TILE_ELEMENTS // max(1, n_products)))
+
+
 def _tie_ranks(mixed: torch.Tensor, targets: torch.Tensor, before_target: torch.Tensor) -> torch.Tensor:
     """metrics.target_ranks' tie rule for scores [r, V] that are 0 outside the allowed set: a disallowed candidate
     (0) can neither beat nor tie an allowed target (> 0)."""
@@ -91,7 +104,7 @@ class Evaluator:
 
     def __init__(self, cache_dir: Path, *, batch_size: int = 256, max_batches: int | None = None, seed: int = 0,
                  device: torch.device | str = "cpu", max_history: int = DEFAULT_MAX_HISTORY,
-                 chunk_rows: int = 1024, ground_truth: Path | None = None, show_progress: bool = False,
+                 chunk_rows: int | None = None, ground_truth: Path | None = None, show_progress: bool = False,
                  max_promotions: int = DEFAULT_MAX_PROMOTIONS) -> None:
         from retailsim.data.cache_reader import TensorCache
 
@@ -101,6 +114,8 @@ class Evaluator:
         self.ground_truth, self.show_progress = ground_truth, show_progress
         cache = TensorCache.open(self.cache_dir)
         self.n_products = cache.n_products
+        if self.chunk_rows is None:   # on a GPU the model's tiles want many rows; the cache rule is the CPU's
+            self.chunk_rows = default_chunk_rows(self.n_products) if self.device.type == "cpu" else MAX_CHUNK_ROWS
         self.plan = cache.promotion_plan()  # None without a plan
         self.stats = bl.BaselineStatistics.from_cache(self.cache_dir)
 

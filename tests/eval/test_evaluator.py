@@ -91,6 +91,14 @@ def test_results_do_not_depend_on_chunking_and_repeat(eval_cache):
     assert small == large
 
 
+def test_the_default_chunk_keeps_a_score_tile_near_4_mib(eval_cache):
+    from retailsim.eval.evaluator import default_chunk_rows
+
+    assert [default_chunk_rows(v) for v in (10, 5003, 56785, 10**7)] == [1024, 209, 18, 1]
+    evaluator = Evaluator(eval_cache)
+    assert evaluator.chunk_rows == default_chunk_rows(evaluator.n_products)
+
+
 def test_model_scores_match_unchunked_scores(eval_cache, tiny_checkpoint):
     from retailsim.eval.checkpoint import load_model
     from retailsim.eval.metrics import allowed_candidates, summarize, target_ranks
