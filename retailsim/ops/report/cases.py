@@ -52,7 +52,8 @@ def _scan_case(shape, dtype) -> Case:
         return selective_scan(u, delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D=D,
                               z=z.transpose(1, 2), delta_bias=bias, delta_softplus=True)
 
-    return Case("selective_scan", shape, dtype, make, call, launch_budget=9,  # 2 kernels, 5 sums, 2 casts
+    # 2 kernels, 5 sums, the 2 half-precision dB/dC casts and the forward's 2 casts of B, C to float32
+    return Case("selective_scan", shape, dtype, make, call, launch_budget=11,
                 launcher="retailsim.ops.selective_scan.triton")
 
 
