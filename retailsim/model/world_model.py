@@ -189,11 +189,17 @@ class WorldModel(nn.Module):
         return hidden @ self.output_weight.t() + self.output_bias
 
     def product_scores(self, hidden: torch.Tensor, copy_scores: torch.Tensor | None = None,
-                       history_items: torch.Tensor | None = None) -> torch.Tensor:
+                       history_items: torch.Tensor | None = None, promotion_lift: torch.Tensor | None = None,
+                       promotion_items: torch.Tensor | None = None,
+                       promotion_valid: torch.Tensor | None = None) -> torch.Tensor:
         """[R, D] slot outputs (+ their pointer scores [R, H] and history items [R, H]) → [R, V] log-scores
         log(exp(logit_p) + Σ_{h: history_h = p} exp(copy_h)) (copy_head.py); the catalogue logits alone without
-        a copy head. Unnormalised: rank them, or softmax them over the allowed candidates."""
+        a copy head. With ``promotion_lift`` [R, P] (and the rows' promotion_items / promotion_valid [R, P]) the
+        promoted products' catalogue logits are lifted, the catalogue keeping its mass (copy_head.lifted_logits).
+        Unnormalised: rank them, or softmax them over the allowed candidates."""
         logits = self.product_logits(hidden)
+        if promotion_lift is not None:
+            logits = copy_head.lifted_logits(logits, promotion_lift, promotion_items, promotion_valid)
         if copy_scores is None:
             return logits
         return copy_head.log_scores(logits, copy_scores, history_items)
@@ -201,13 +207,10 @@ class WorldModel(nn.Module):
     def slot_scores(self, output: WorldModelOutput, batch: Batch, rows: torch.Tensor,
                     cols: torch.Tensor) -> torch.Tensor:
         """[R, V] ``product_scores`` of the slots (rows[i], cols[i]) of ``batch`` (e.g. its masked positions)."""
-        logits = self.product_logits(output.basket_hidden[rows, cols])
-        if output.promotion_lift is not None:
-            logits = copy_head.lifted_logits(logits, output.promotion_lift[rows, cols], batch.promotion_items[rows],
-                                             batch.promotion_valid[rows])
-        if output.copy_scores is None:
-            return logits
-        return copy_head.log_scores(logits, output.copy_scores[rows, cols], batch.history_items[rows])
+        copy = None if output.copy_scores is None else output.copy_scores[rows, cols]
+        lift = None if output.promotion_lift is None else output.promotion_lift[rows, cols]
+        return self.product_scores(output.basket_hidden[rows, cols], copy, batch.history_items[rows], lift,
+                                   batch.promotion_items[rows], batch.promotion_valid[rows])
 
     def product_vectors(self, product_ids: torch.Tensor) -> torch.Tensor:
         """[...] ids → [..., D]: the products' output-space vectors (rows of ``output_weight``), differentiable."""
